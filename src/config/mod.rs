@@ -1,0 +1,356 @@
+//! Configuration: YAML file (plus includes) -> validated [`Config`], and every config error.
+//!
+//! Loading is one explicit step ([`load`]): raw serde structs (`raw`) are parsed with unknown
+//! keys denied, then `resolve` expands `${VAR}`, applies defaults, parses durations and URLs and
+//! checks every rule of SPEC section 3, collecting all problems instead of stopping at the first.
+//! This module reads the config file, its includes and a `token_file`; it never opens a network
+//! connection or the state directory.
+
+mod error;
+mod expand;
+mod raw;
+mod resolve;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+pub use error::{ConfigError, Diagnostics, KeyPath, LineCol};
+pub use expand::{ExpandError, expand};
+
+use crate::event::EventType;
+use crate::ids::{DatasetId, DocumentId};
+use crate::secret::{Secret, SecretUrl};
+
+/// Where the config file lives when `-c` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/coze-watch/config.yaml";
+/// The Coze region whose API docs this project follows.
+pub const DEFAULT_BASE_URL: &str = "https://api.coze.cn";
+/// Per-day quota Coze published for a space (2024); used to warn in `check`.
+pub const PUBLISHED_DAILY_QUOTA: u64 = 3000;
+
+/// How strictly the environment (env vars, files, executables) is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// As `run` loads it: every problem is an error.
+    Strict,
+    /// `check --lint`: problems with the environment are warnings, for CI and the example file.
+    Lint,
+}
+
+/// A successfully loaded config and the warnings found on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<ConfigError>,
+}
+
+/// Loads and validates `path` and its includes. `env` looks up environment variables (tests
+/// pass a map; the binary passes the process environment).
+pub fn load(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    mode: Mode,
+) -> Result<Loaded, Diagnostics> {
+    resolve::load(path, env, mode)
+}
+
+/// The process environment, as `load` wants it.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// `-c FILE`, else `$COZE_WATCH_CONFIG`, else [`DEFAULT_CONFIG_PATH`].
+pub fn config_path(cli: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    match cli {
+        Some(p) => p.to_path_buf(),
+        None => env("COZE_WATCH_CONFIG")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH)),
+    }
+}
+
+/// Base URL precedence of SPEC section 2: the command line, else the config, else
+/// `$COZE_API_BASE`, else [`DEFAULT_BASE_URL`]. Returns the raw string; callers validate it.
+pub fn base_url_choice(
+    cli: Option<&str>,
+    config: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> String {
+    cli.map(str::to_string)
+        .or_else(|| config.map(str::to_string))
+        .or_else(|| env("COZE_API_BASE").filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| DEFAULT_BASE_URL.to_string())
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from.
+    pub file: PathBuf,
+    pub api: ApiConfig,
+    pub poll: PollConfig,
+    pub state: StateConfig,
+    pub http: Option<HttpConfig>,
+    pub log: LogConfig,
+    pub notifiers: Vec<NotifierConfig>,
+    pub watch: WatchList,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub base_url: Url,
+    pub token_source: TokenSource,
+    pub token: Secret,
+    pub request_timeout: Duration,
+    pub max_ids_per_request: usize,
+    pub max_requests_per_second: f64,
+    pub max_requests_per_day: Option<u64>,
+    pub max_concurrent_requests: usize,
+}
+
+/// Where the API token comes from. A `File` is re-read on reload and before retrying a 401.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl TokenSource {
+    /// Reads the token now. The error names the variable or file, never a value.
+    pub fn read(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Secret, String> {
+        match self {
+            TokenSource::Env(name) => match env(name) {
+                Some(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+                Some(_) => Err(format!("environment variable {name} is empty")),
+                None => Err(format!(
+                    "environment variable {name} is not set (set it, or use api.token_file)"
+                )),
+            },
+            TokenSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+                Ok(_) => Err(format!("token file {} is empty", path.display())),
+                Err(e) => Err(format!("cannot read token file {}: {e}", path.display())),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollConfig {
+    pub min_interval: Duration,
+    pub max_interval: Duration,
+    pub jitter: f64,
+    pub error_backoff: BackoffConfig,
+    pub stall_after: Duration,
+    pub give_up_after: Duration,
+    pub missing_after: u32,
+    pub missing_grace: Duration,
+    pub progress_step: u8,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackoffConfig {
+    pub initial: Duration,
+    pub max: Duration,
+    pub multiplier: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub allow_remote: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotifierConfig {
+    pub name: String,
+    pub events: BTreeSet<EventType>,
+    pub kind: NotifierKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum NotifierKind {
+    Log,
+    Webhook(WebhookConfig),
+    Exec(ExecConfig),
+}
+
+impl NotifierKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            NotifierKind::Log => "log",
+            NotifierKind::Webhook(_) => "webhook",
+            NotifierKind::Exec(_) => "exec",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: SecretUrl,
+    /// `standard`: a `whsec_` Standard Webhooks secret; feishu/dingtalk: the bot's own secret.
+    pub secret: Option<Secret>,
+    pub headers: Vec<(String, Secret)>,
+    pub timeout: Duration,
+    pub format: WebhookFormat,
+    pub language: Language,
+    /// Throttle for chat formats; `None` for `standard`.
+    pub max_per_minute: Option<u32>,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    Standard,
+    Feishu,
+    Dingtalk,
+    Wecom,
+    Slack,
+}
+
+impl WebhookFormat {
+    pub const NAMES: &'static str = "standard, feishu, dingtalk, wecom, slack";
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "standard" => WebhookFormat::Standard,
+            "feishu" => WebhookFormat::Feishu,
+            "dingtalk" => WebhookFormat::Dingtalk,
+            "wecom" => WebhookFormat::Wecom,
+            "slack" => WebhookFormat::Slack,
+            _ => return None,
+        })
+    }
+
+    pub fn is_chat(self) -> bool {
+        self != WebhookFormat::Standard
+    }
+
+    /// The service's published message limit per minute, the default throttle.
+    pub fn published_per_minute(self) -> Option<u32> {
+        match self {
+            WebhookFormat::Standard => None,
+            WebhookFormat::Feishu => Some(100),
+            WebhookFormat::Dingtalk => Some(20),
+            WebhookFormat::Wecom => Some(20),
+            WebhookFormat::Slack => Some(60),
+        }
+    }
+
+    pub fn default_language(self) -> Language {
+        match self {
+            WebhookFormat::Slack | WebhookFormat::Standard => Language::En,
+            _ => Language::Zh,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    Zh,
+    En,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecConfig {
+    /// argv; `command[0]` is an absolute path. Never run through a shell.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Duration,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+    pub multiplier: f64,
+    pub max_attempts: u32,
+    pub max_age: Duration,
+}
+
+impl RetryPolicy {
+    pub fn webhook_default() -> Self {
+        RetryPolicy {
+            initial: Duration::from_secs(5),
+            max: Duration::from_secs(3600),
+            multiplier: 4.0,
+            max_attempts: 12,
+            max_age: Duration::from_secs(72 * 3600),
+        }
+    }
+
+    pub fn exec_default() -> Self {
+        RetryPolicy {
+            initial: Duration::from_secs(5),
+            max: Duration::from_secs(600),
+            multiplier: 2.0,
+            max_attempts: 5,
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Every watched document, grouped by dataset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchList {
+    pub datasets: BTreeMap<DatasetId, BTreeMap<DocumentId, WatchedDocument>>,
+}
+
+impl WatchList {
+    pub fn document_count(&self) -> usize {
+        self.datasets.values().map(BTreeMap::len).sum()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchedDocument {
+    pub labels: BTreeMap<String, String>,
+    /// Notifier names; `None` means every notifier.
+    pub notify: Option<Vec<String>>,
+}
+
+impl Config {
+    /// The most requests a day this config can make: every dataset polled at `min_interval`
+    /// in `ceil(documents / max_ids_per_request)` batches, capped by the rate limit and the
+    /// daily budget. Returns (capped, uncapped).
+    pub fn worst_case_requests_per_day(&self) -> (u64, u64) {
+        let day = 86_400.0;
+        let polls_per_day = (day / self.poll.min_interval.as_secs_f64().max(0.001)).ceil() as u64;
+        let batch = self.api.max_ids_per_request.max(1);
+        let uncapped: u64 = self
+            .watch
+            .datasets
+            .values()
+            .map(|docs| docs.len().div_ceil(batch) as u64 * polls_per_day)
+            .sum();
+        let by_rate = (self.api.max_requests_per_second * day).floor() as u64;
+        let mut capped = uncapped.min(by_rate);
+        if let Some(budget) = self.api.max_requests_per_day {
+            capped = capped.min(budget);
+        }
+        (capped, uncapped)
+    }
+}

@@ -1,0 +1,177 @@
+//! The configuration file as written: serde structs that mirror the YAML one to one.
+//!
+//! Every struct denies unknown keys (typo safety) and every value that may hold `${VAR}` is a
+//! plain `String` here; nothing is defaulted, expanded or validated. `resolve` turns these into
+//! the typed `Config` in one step.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub api: RawApi,
+    #[serde(default)]
+    pub poll: RawPoll,
+    #[serde(default)]
+    pub state: RawState,
+    pub http: Option<RawHttp>,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub notifiers: Vec<RawNotifier>,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub watch: Vec<RawWatch>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    pub base_url: Option<String>,
+    pub token_env: Option<String>,
+    pub token_file: Option<String>,
+    pub request_timeout: Option<RawDuration>,
+    pub max_ids_per_request: Option<u64>,
+    pub max_requests_per_second: Option<f64>,
+    pub max_requests_per_day: Option<u64>,
+    pub max_concurrent_requests: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoll {
+    pub min_interval: Option<RawDuration>,
+    pub max_interval: Option<RawDuration>,
+    pub jitter: Option<f64>,
+    pub error_backoff: Option<RawBackoff>,
+    pub stall_after: Option<RawDuration>,
+    pub give_up_after: Option<RawDuration>,
+    pub missing_after: Option<u64>,
+    pub missing_grace: Option<RawDuration>,
+    pub progress_step: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackoff {
+    pub initial: Option<RawDuration>,
+    pub max: Option<RawDuration>,
+    pub multiplier: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub dir: Option<String>,
+    pub retention: Option<RawDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub listen: String,
+    #[serde(default)]
+    pub allow_remote: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
+}
+
+/// One notifier. All types share one flat struct so that parse errors keep their line numbers;
+/// `resolve` rejects keys that do not belong to the notifier's `type`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotifier {
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub retry: Option<RawRetry>,
+    pub timeout: Option<RawDuration>,
+    // webhook
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub format: Option<String>,
+    pub language: Option<String>,
+    pub max_per_minute: Option<u64>,
+    pub allow_insecure_http: Option<bool>,
+    // exec
+    pub command: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub concurrency: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub initial: Option<RawDuration>,
+    pub max: Option<RawDuration>,
+    pub multiplier: Option<f64>,
+    pub max_attempts: Option<u64>,
+    pub max_age: Option<RawDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWatch {
+    pub dataset: RawId,
+    #[serde(default)]
+    pub documents: Vec<RawId>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub notify: Option<Vec<String>>,
+}
+
+/// An include file: a YAML list of watch entries.
+pub type RawWatchFile = Vec<RawWatch>;
+
+/// A duration as written (`30s`, `1h 30m`, or `${VAR}`), parsed by `resolve` after expansion.
+#[derive(Debug, Clone)]
+pub struct RawDuration(pub String);
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"30s\", \"5m\" or \"1h 30m\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration(v.to_string()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A Coze id as written. Ids must be YAML strings: an unquoted 19-digit number would be read as
+/// an integer (or worse, a float), so it is rejected with a hint to quote it.
+#[derive(Debug, Clone)]
+pub struct RawId(pub String);
+
+impl<'de> Deserialize<'de> for RawId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a quoted id string such as \"7442585813587000000\" (quote ids)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawId, E> {
+                Ok(RawId(v.to_string()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}

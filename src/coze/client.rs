@@ -1,0 +1,307 @@
+//! The Coze HTTP client: batches, the shared rate and concurrency limits, and the wire.
+//!
+//! It owns the token (behind a lock, so a re-read `token_file` takes effect for the next
+//! request) and the shared [`RateLimiter`]. It does not decide when to poll or what an answer
+//! means for a document; that is the scheduler's and the tracker's job.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use url::Url;
+
+use super::error::{Answer, ApiError, Exchange, TransientKind, classify};
+use super::limiter::RateLimiter;
+use super::wire::ProcessRequest;
+use crate::config::ApiConfig;
+use crate::ids::{DatasetId, DocumentId};
+use crate::secret::Secret;
+
+/// The largest answer body read; a larger one is an error, not an allocation.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the client needs from the config.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    pub base_url: Url,
+    pub token: Secret,
+    pub request_timeout: Duration,
+    pub max_ids_per_request: usize,
+    pub max_requests_per_second: f64,
+    pub max_requests_per_day: Option<u64>,
+    pub max_concurrent_requests: usize,
+}
+
+impl From<&ApiConfig> for ClientSettings {
+    fn from(api: &ApiConfig) -> Self {
+        ClientSettings {
+            base_url: api.base_url.clone(),
+            token: api.token.clone(),
+            request_timeout: api.request_timeout,
+            max_ids_per_request: api.max_ids_per_request,
+            max_requests_per_second: api.max_requests_per_second,
+            max_requests_per_day: api.max_requests_per_day,
+            max_concurrent_requests: api.max_concurrent_requests,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client: {0}")]
+pub struct BuildError(String);
+
+/// One batch of a `process` call and how it went.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    pub ids: Vec<DocumentId>,
+    pub result: Result<Answer, ApiError>,
+}
+
+pub struct CozeClient {
+    http: reqwest::Client,
+    base_url: Url,
+    token: RwLock<Secret>,
+    limiter: Mutex<RateLimiter>,
+    permits: Semaphore,
+    batch_size: usize,
+}
+
+impl std::fmt::Debug for CozeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CozeClient")
+            .field("base_url", &crate::redact::url(self.base_url.as_str()))
+            .field("batch_size", &self.batch_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A reqwest client builder with what every outgoing request of coze-watch shares: rustls with
+/// the ring provider, no redirects, no proxy from the environment, our user agent.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    // Installing twice is harmless: the second call reports the first provider and is ignored.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent(concat!("coze-watch/", env!("CARGO_PKG_VERSION")))
+}
+
+impl CozeClient {
+    pub fn new(settings: ClientSettings) -> Result<Arc<Self>, BuildError> {
+        let http = http_client_builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| BuildError(e.without_url().to_string()))?;
+        Ok(Arc::new(CozeClient {
+            http,
+            base_url: settings.base_url,
+            token: RwLock::new(settings.token),
+            limiter: Mutex::new(RateLimiter::new(
+                settings.max_requests_per_second,
+                settings.max_requests_per_day,
+                Instant::now(),
+            )),
+            permits: Semaphore::new(settings.max_concurrent_requests.max(1)),
+            batch_size: settings.max_ids_per_request.max(1),
+        }))
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Replaces the token (after a reload or a re-read `token_file`).
+    pub fn set_token(&self, token: Secret) {
+        match self.token.write() {
+            Ok(mut t) => *t = token,
+            Err(poisoned) => *poisoned.into_inner() = token,
+        }
+    }
+
+    /// Pauses every request of this client until `until` (shared quota and token).
+    pub fn pause_until(&self, until: Instant) {
+        self.with_limiter(|l| l.pause_until(until));
+    }
+
+    fn with_limiter<R>(&self, f: impl FnOnce(&mut RateLimiter) -> R) -> R {
+        // A std mutex: it is never held across an await.
+        match self.limiter.lock() {
+            Ok(mut l) => f(&mut l),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Asks for `ids` of `dataset` in batches of `max_ids_per_request`, each through the
+    /// shared limits. Returns one outcome per batch, in order.
+    pub async fn process(&self, dataset: &DatasetId, ids: &[DocumentId]) -> Vec<BatchOutcome> {
+        let batches = ids.chunks(self.batch_size).map(|chunk| async move {
+            BatchOutcome {
+                ids: chunk.to_vec(),
+                result: self.process_batch(dataset, chunk).await,
+            }
+        });
+        join_all(batches).await
+    }
+
+    /// One request for at most `max_ids_per_request` ids.
+    pub async fn process_batch(
+        &self,
+        dataset: &DatasetId,
+        ids: &[DocumentId],
+    ) -> Result<Answer, ApiError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Transient {
+                kind: TransientKind::Connect,
+                detail: "client is shutting down".into(),
+            })?;
+        self.wait_for_rate().await;
+        let result = self.send(dataset, ids).await;
+        if let Err(ApiError::RateLimited {
+            retry_after: Some(after),
+            ..
+        }) = &result
+        {
+            self.pause_until(Instant::now() + *after);
+        }
+        result
+    }
+
+    async fn wait_for_rate(&self) {
+        loop {
+            let next = self.with_limiter(|l| l.try_acquire(Instant::now()));
+            match next {
+                Ok(()) => return,
+                Err(at) => tokio::time::sleep_until(at).await,
+            }
+        }
+    }
+
+    fn endpoint(&self, dataset: &DatasetId) -> Result<Url, ApiError> {
+        let mut url = self.base_url.clone();
+        url.path_segments_mut()
+            .map_err(|_| ApiError::Transient {
+                kind: TransientKind::Connect,
+                detail: "base_url cannot have a path".into(),
+            })?
+            .pop_if_empty()
+            .extend(["v1", "datasets", dataset.as_str(), "process"]);
+        Ok(url)
+    }
+
+    async fn send(&self, dataset: &DatasetId, ids: &[DocumentId]) -> Result<Answer, ApiError> {
+        let url = self.endpoint(dataset)?;
+        let auth = {
+            let token = match self.token.read() {
+                Ok(t) => t.clone(),
+                Err(p) => p.into_inner().clone(),
+            };
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| ApiError::Transient {
+                        kind: TransientKind::Connect,
+                        detail: "the API token contains characters not allowed in a header".into(),
+                    })?;
+            value.set_sensitive(true);
+            value
+        };
+        let response = self
+            .http
+            .post(url)
+            .header(AUTHORIZATION, auth)
+            .header(CONTENT_TYPE, "application/json")
+            .json(&ProcessRequest { document_ids: ids })
+            .send()
+            .await
+            .map_err(|e| transport_error(dataset, &e))?;
+        let status = response.status().as_u16();
+        let retry_after = header_text(&response, RETRY_AFTER.as_str());
+        let header_logid = header_text(&response, "x-tt-logid");
+        let body = read_capped(response, MAX_BODY_BYTES)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => ApiError::Transient {
+                    kind: TransientKind::InvalidBody,
+                    detail: format!("dataset {dataset}: answer larger than {MAX_BODY_BYTES} bytes"),
+                },
+                ReadError::Http(e) => transport_error(dataset, &e),
+            })?;
+        classify(&Exchange {
+            dataset,
+            batch: ids,
+            http: status,
+            retry_after: retry_after.as_deref(),
+            header_logid: header_logid.as_deref(),
+            body: &body,
+        })
+    }
+}
+
+fn header_text(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+enum ReadError {
+    TooLarge,
+    Http(reqwest::Error),
+}
+
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, ReadError> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(ReadError::Http)? {
+        if body.len() + chunk.len() > cap {
+            return Err(ReadError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn transport_error(dataset: &DatasetId, e: &reqwest::Error) -> ApiError {
+    let kind = if e.is_timeout() {
+        TransientKind::Timeout
+    } else if e.is_connect() {
+        TransientKind::Connect
+    } else {
+        TransientKind::Body
+    };
+    ApiError::Transient {
+        kind,
+        detail: format!("dataset {dataset}: {}", error_chain(e)),
+    }
+}
+
+/// The error and its sources on one line, without the URL.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut text = String::new();
+    let mut current: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = current {
+        let part = err.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+        current = err.source();
+    }
+    // reqwest puts the URL in its message; it holds only the base URL and dataset id, but keep
+    // messages uniform with the rest of the program: scheme and host only.
+    match e.url() {
+        Some(u) => text.replace(u.as_str(), &crate::redact::url(u.as_str())),
+        None => text,
+    }
+}

@@ -1,0 +1,434 @@
+//! Classification of every way a process request can fail (SPEC section 1's table).
+//!
+//! [`classify`] is a pure function of the HTTP status, the `Retry-After` header and the body
+//! bytes, so every row of the table is unit-tested without a socket. Messages carry the API's
+//! `msg` and `logid` and never the token.
+
+use std::fmt;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::wire::{DocumentProgress, Envelope};
+use crate::ids::DatasetId;
+
+/// The longest `Retry-After` we honour; a larger value is capped, not trusted.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// What the server said, for messages: HTTP status, body code and msg, log id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub dataset: DatasetId,
+    pub http: u16,
+    pub code: Option<i64>,
+    pub msg: String,
+    pub logid: Option<String>,
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "dataset {}: HTTP {}", self.dataset, self.http)?;
+        if let Some(code) = self.code {
+            write!(f, ", code {code}")?;
+        }
+        if !self.msg.is_empty() {
+            write!(f, ", msg {:?}", self.msg)?;
+        }
+        if let Some(logid) = &self.logid {
+            write!(f, ", logid {logid}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a transient failure happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransientKind {
+    /// 5xx, or body code 5000.
+    Server,
+    Timeout,
+    Connect,
+    /// The connection broke while reading the answer.
+    Body,
+    /// Not JSON, truncated JSON, wrong types, or over the size cap.
+    InvalidBody,
+    /// A 3xx; redirects are never followed.
+    Redirect,
+    /// A non-zero `code` this program does not know.
+    UnexpectedCode,
+}
+
+impl TransientKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransientKind::Server => "server error",
+            TransientKind::Timeout => "timeout",
+            TransientKind::Connect => "connection failed",
+            TransientKind::Body => "connection broken while reading the answer",
+            TransientKind::InvalidBody => "unreadable answer",
+            TransientKind::Redirect => "redirect (not followed)",
+            TransientKind::UnexpectedCode => "unexpected code",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ApiError {
+    #[error(
+        "the Coze API rejected the token ({0}): it is invalid or expired; a coze.cn token \
+         against api.coze.com, or the reverse, also gives this"
+    )]
+    Auth(Box<Reply>),
+    #[error(
+        "the token lacks the readDocumentProgress permission or access to the dataset's space ({0})"
+    )]
+    Permission(Box<Reply>),
+    #[error("dataset not found ({0})")]
+    DatasetNotFound(Box<Reply>),
+    #[error("rate limited ({reply}){}", retry_after_text(*.retry_after))]
+    RateLimited {
+        reply: Box<Reply>,
+        retry_after: Option<Duration>,
+    },
+    #[error("bad request for a batch of {batch_len} ids starting at {first_id} ({reply})")]
+    BadRequest {
+        reply: Box<Reply>,
+        batch_len: usize,
+        first_id: String,
+    },
+    #[error("transient error: {} ({detail})", kind.as_str())]
+    Transient { kind: TransientKind, detail: String },
+}
+
+fn retry_after_text(d: Option<Duration>) -> String {
+    match d {
+        Some(d) => format!(", retry after {}", humantime::format_duration(d)),
+        None => String::new(),
+    }
+}
+
+impl ApiError {
+    /// A short stable label, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Auth(_) => "auth",
+            ApiError::Permission(_) => "permission",
+            ApiError::DatasetNotFound(_) => "dataset_not_found",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::BadRequest { .. } => "bad_request",
+            ApiError::Transient { .. } => "transient",
+        }
+    }
+
+    /// The log id the server gave, if any.
+    pub fn logid(&self) -> Option<&str> {
+        match self {
+            ApiError::Auth(r) | ApiError::Permission(r) | ApiError::DatasetNotFound(r) => {
+                r.logid.as_deref()
+            }
+            ApiError::RateLimited { reply, .. } | ApiError::BadRequest { reply, .. } => {
+                reply.logid.as_deref()
+            }
+            ApiError::Transient { .. } => None,
+        }
+    }
+}
+
+/// A good answer: the documents the server knows (unknown ids are left out) and its log id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    pub documents: Vec<DocumentProgress>,
+    pub logid: Option<String>,
+}
+
+/// Everything `classify` needs to know about one HTTP exchange.
+pub struct Exchange<'a> {
+    pub dataset: &'a DatasetId,
+    pub batch: &'a [crate::ids::DocumentId],
+    pub http: u16,
+    pub retry_after: Option<&'a str>,
+    pub header_logid: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// Turns one HTTP exchange into an answer or a classified error. Both the HTTP status and the
+/// body `code` are checked: a known non-zero `code` decides whatever the status; otherwise the
+/// status decides.
+pub fn classify(x: &Exchange<'_>) -> Result<Answer, ApiError> {
+    if (300..400).contains(&x.http) {
+        return Err(ApiError::Transient {
+            kind: TransientKind::Redirect,
+            detail: format!("dataset {}: HTTP {}", x.dataset, x.http),
+        });
+    }
+    let envelope: Result<Envelope, _> = serde_json::from_slice(x.body);
+    let (code, msg, logid, docs) = match envelope {
+        Ok(e) => {
+            let logid = e
+                .detail
+                .and_then(|d| d.logid)
+                .filter(|l| !l.is_empty())
+                .or_else(|| x.header_logid.map(str::to_string));
+            let docs = e.data.and_then(|d| d.data);
+            (e.code, e.msg.unwrap_or_default(), logid, Some(docs))
+        }
+        Err(err) => (
+            None,
+            invalid_body_text(&err, x.body.len()),
+            x.header_logid.map(str::to_string),
+            None,
+        ),
+    };
+    let reply = Reply {
+        dataset: x.dataset.clone(),
+        http: x.http,
+        code,
+        msg,
+        logid,
+    };
+    let ok_http = (200..300).contains(&x.http);
+    match (code, docs) {
+        (Some(0), Some(docs)) if ok_http => Ok(Answer {
+            documents: docs.unwrap_or_default(),
+            logid: reply.logid,
+        }),
+        (Some(c), _) if c != 0 && by_code(c).is_some() => Err(build(by_code(c), reply, x)),
+        (None, None) if ok_http => Err(ApiError::Transient {
+            kind: TransientKind::InvalidBody,
+            detail: reply.to_string(),
+        }),
+        (None, Some(_)) if ok_http => Err(ApiError::Transient {
+            kind: TransientKind::InvalidBody,
+            detail: format!("{reply}: no `code` in the answer"),
+        }),
+        (_, docs) if !ok_http => {
+            // A 404 without a Coze JSON body is a wrong base_url or a proxy, not a dataset.
+            if x.http == 404 && docs.is_none() {
+                return Err(ApiError::Transient {
+                    kind: TransientKind::InvalidBody,
+                    detail: format!("{reply}: HTTP 404 without a Coze answer (is base_url right?)"),
+                });
+            }
+            Err(build(by_http(x.http), reply, x))
+        }
+        _ => Err(ApiError::Transient {
+            kind: TransientKind::UnexpectedCode,
+            detail: reply.to_string(),
+        }),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Auth,
+    Permission,
+    NotFound,
+    RateLimited,
+    BadRequest,
+    Server,
+}
+
+fn by_code(code: i64) -> Option<Class> {
+    Some(match code {
+        4100 => Class::Auth,
+        4101 => Class::Permission,
+        4200 => Class::NotFound,
+        4013 => Class::RateLimited,
+        4000 => Class::BadRequest,
+        5000 => Class::Server,
+        _ => return None,
+    })
+}
+
+fn by_http(status: u16) -> Option<Class> {
+    Some(match status {
+        401 => Class::Auth,
+        403 => Class::Permission,
+        404 => Class::NotFound,
+        429 => Class::RateLimited,
+        400 => Class::BadRequest,
+        500..=599 => Class::Server,
+        _ => return None,
+    })
+}
+
+fn build(class: Option<Class>, reply: Reply, x: &Exchange<'_>) -> ApiError {
+    let reply = Box::new(reply);
+    match class {
+        Some(Class::Auth) => ApiError::Auth(reply),
+        Some(Class::Permission) => ApiError::Permission(reply),
+        Some(Class::NotFound) => ApiError::DatasetNotFound(reply),
+        Some(Class::RateLimited) => ApiError::RateLimited {
+            reply,
+            retry_after: x.retry_after.and_then(parse_retry_after),
+        },
+        Some(Class::BadRequest) => ApiError::BadRequest {
+            reply,
+            batch_len: x.batch.len(),
+            first_id: x.batch.first().map(|d| d.to_string()).unwrap_or_default(),
+        },
+        Some(Class::Server) => ApiError::Transient {
+            kind: TransientKind::Server,
+            detail: reply.to_string(),
+        },
+        None => ApiError::Transient {
+            kind: TransientKind::UnexpectedCode,
+            detail: reply.to_string(),
+        },
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by Coze and is ignored), capped at
+/// [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let secs: u64 = value.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+fn invalid_body_text(err: &serde_json::Error, len: usize) -> String {
+    if err.is_eof() {
+        format!("truncated JSON ({len} bytes)")
+    } else if err.is_syntax() {
+        format!("not JSON ({len} bytes)")
+    } else {
+        format!("unexpected JSON shape: {err}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::DocumentId;
+
+    fn run(http: u16, body: &str, retry_after: Option<&str>) -> Result<Answer, ApiError> {
+        let ds = DatasetId::new("ds1");
+        let batch = [DocumentId::new("d1"), DocumentId::new("d2")];
+        classify(&Exchange {
+            dataset: &ds,
+            batch: &batch,
+            http,
+            retry_after,
+            header_logid: Some("HDR"),
+            body: body.as_bytes(),
+        })
+    }
+
+    fn err(code: i64) -> String {
+        format!(r#"{{"code":{code},"msg":"m","detail":{{"logid":"BODY"}}}}"#)
+    }
+
+    #[test]
+    fn good_answer_uses_body_logid_then_header() {
+        let a = run(
+            200,
+            r#"{"code":0,"msg":"","data":{"data":[]},"detail":{"logid":"L"}}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(a.logid.as_deref(), Some("L"));
+        let a = run(200, r#"{"code":0,"data":{"data":[]}}"#, None).unwrap();
+        assert_eq!(a.logid.as_deref(), Some("HDR"));
+    }
+
+    #[test]
+    fn every_class_by_body_code_even_with_http_200() {
+        assert_eq!(run(200, &err(4100), None).unwrap_err().kind(), "auth");
+        assert_eq!(run(200, &err(4101), None).unwrap_err().kind(), "permission");
+        assert_eq!(
+            run(200, &err(4200), None).unwrap_err().kind(),
+            "dataset_not_found"
+        );
+        assert_eq!(
+            run(200, &err(4013), None).unwrap_err().kind(),
+            "rate_limited"
+        );
+        assert_eq!(
+            run(200, &err(4000), None).unwrap_err().kind(),
+            "bad_request"
+        );
+        assert_eq!(run(200, &err(5000), None).unwrap_err().kind(), "transient");
+        assert_eq!(run(200, &err(777), None).unwrap_err().kind(), "transient");
+    }
+
+    #[test]
+    fn every_class_by_http_status() {
+        let body = r#"{"msg":"x"}"#;
+        assert_eq!(run(401, body, None).unwrap_err().kind(), "auth");
+        assert_eq!(
+            run(403, "forbidden", None).unwrap_err().kind(),
+            "permission"
+        );
+        assert_eq!(
+            run(404, body, None).unwrap_err().kind(),
+            "dataset_not_found"
+        );
+        assert_eq!(run(429, "", Some("7")).unwrap_err().kind(), "rate_limited");
+        assert_eq!(run(400, body, None).unwrap_err().kind(), "bad_request");
+        assert_eq!(
+            run(502, "<html>bad gateway</html>", None)
+                .unwrap_err()
+                .kind(),
+            "transient"
+        );
+        assert_eq!(run(302, "", None).unwrap_err().kind(), "transient");
+    }
+
+    #[test]
+    fn retry_after_is_read_and_capped() {
+        match run(429, &err(4013), Some("7")).unwrap_err() {
+            ApiError::RateLimited { retry_after, .. } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(7)))
+            }
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(parse_retry_after("99999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn html_404_is_not_a_missing_dataset() {
+        assert_eq!(
+            run(404, "<html>nope</html>", None).unwrap_err().kind(),
+            "transient"
+        );
+    }
+
+    #[test]
+    fn malformed_and_truncated_bodies_are_transient() {
+        assert_eq!(run(200, "<html>", None).unwrap_err().kind(), "transient");
+        assert_eq!(
+            run(200, r#"{"code":0,"data":{"da"#, None)
+                .unwrap_err()
+                .kind(),
+            "transient"
+        );
+        assert_eq!(
+            run(
+                200,
+                r#"{"code":0,"data":{"data":[{"document_id":"1","status":"x"}]}}"#,
+                None
+            )
+            .unwrap_err()
+            .kind(),
+            "transient"
+        );
+        assert_eq!(
+            run(200, r#"{"data":{"data":[]}}"#, None)
+                .unwrap_err()
+                .kind(),
+            "transient"
+        );
+    }
+
+    #[test]
+    fn auth_error_carries_the_region_hint_and_logid() {
+        let text = run(401, &err(4100), None).unwrap_err().to_string();
+        assert!(
+            text.contains("coze.cn token against api.coze.com"),
+            "{text}"
+        );
+        assert!(text.contains("logid BODY"), "{text}");
+        let text = run(403, &err(4101), None).unwrap_err().to_string();
+        assert!(text.contains("readDocumentProgress"), "{text}");
+    }
+}

@@ -1,0 +1,14 @@
+//! The Coze API: wire types ([`wire`]), error classification ([`error`]), the shared request
+//! budget ([`limiter`]) and the HTTP client ([`client`]).
+//!
+//! This module speaks HTTP to Coze and classifies what comes back. It keeps no document state
+//! and makes no scheduling decisions.
+
+pub mod client;
+pub mod error;
+pub mod limiter;
+pub mod wire;
+
+pub use client::{BatchOutcome, ClientSettings, CozeClient, http_client_builder};
+pub use error::{Answer, ApiError, TransientKind};
+pub use wire::{DocumentProgress, DocumentStatus};

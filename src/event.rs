@@ -1,0 +1,75 @@
+//! The event vocabulary: which kinds of events exist and how they are named on the wire.
+//!
+//! Building event bodies belongs to the notifier layer; this module only names the types, so the
+//! config (event filters), the tracker (which emits them) and the notifiers agree on one list.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "document.completed")]
+    Completed,
+    #[serde(rename = "document.failed")]
+    Failed,
+    #[serde(rename = "document.stalled")]
+    Stalled,
+    #[serde(rename = "document.missing")]
+    Missing,
+    #[serde(rename = "document.timed_out")]
+    TimedOut,
+    #[serde(rename = "document.progress")]
+    Progress,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 6] = [
+        EventType::Completed,
+        EventType::Failed,
+        EventType::Stalled,
+        EventType::Missing,
+        EventType::TimedOut,
+        EventType::Progress,
+    ];
+
+    /// What a notifier subscribes to when its `events` key is absent: everything but the chatty
+    /// `document.progress`.
+    pub fn default_subscription() -> Vec<EventType> {
+        Self::ALL
+            .into_iter()
+            .filter(|t| *t != EventType::Progress)
+            .collect()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Completed => "document.completed",
+            EventType::Failed => "document.failed",
+            EventType::Stalled => "document.stalled",
+            EventType::Missing => "document.missing",
+            EventType::TimedOut => "document.timed_out",
+            EventType::Progress => "document.progress",
+        }
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|t| t.as_str()).collect();
+                format!("unknown event type {s:?} (known: {})", names.join(", "))
+            })
+    }
+}

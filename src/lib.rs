@@ -1,0 +1,23 @@
+//! coze-watch: turns Coze knowledge-base document processing into reliable notifications.
+//!
+//! Coze processes uploaded documents asynchronously; the only way to learn the outcome is to
+//! poll `POST /v1/datasets/{dataset_id}/process`. coze-watch polls a YAML watch list with
+//! batching, hints and backoff, and tells people and programs when documents finish or fail.
+//!
+//! # Layout
+//!
+//! - [`config`]: YAML file -> validated [`config::Config`]; every config error.
+//! - [`coze`]: the Coze API: wire types, client, rate limiter, error classification.
+//! - [`sim`]: the built-in Coze API simulator used by the demo, the tests and the benchmarks.
+//! - [`event`], [`ids`], [`secret`], [`redact`]: small shared vocabulary types.
+//!
+//! Data flows one way: config -> schedule -> client -> tracker -> store -> notifiers.
+//! See `ARCHITECTURE.md` for the map.
+
+pub mod config;
+pub mod coze;
+pub mod event;
+pub mod ids;
+pub mod redact;
+pub mod secret;
+pub mod sim;

@@ -1,0 +1,301 @@
+//! The `coze-watch` binary: command-line definitions and wiring. The logic lives in the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use coze_watch::config::{self, Config, ConfigError, Mode, NotifierKind};
+use coze_watch::sim;
+
+/// Exit code for an invalid configuration (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "coze-watch",
+    version,
+    about = "Watch Coze knowledge-base document processing and notify when documents finish, fail, stall or vanish"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and validate the config and watch list exactly as `run` would, and print a summary.
+    #[command(
+        after_help = "Example:\n  coze-watch check -c /etc/coze-watch/config.yaml\n  coze-watch check --lint -c config.example.yaml"
+    )]
+    Check(CheckArgs),
+    /// Run the built-in Coze API simulator on loopback.
+    #[command(
+        after_help = "Examples:\n  coze-watch simulate --datasets 2 --documents-per-dataset 3 --duration 5s..30s\n  coze-watch simulate --scenario scenario.yaml --listen 127.0.0.1:8787"
+    )]
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Config file [default: $COZE_WATCH_CONFIG, else /etc/coze-watch/config.yaml]
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Report problems with the environment (unset variables, missing files and executables)
+    /// as warnings, for CI and example files.
+    #[arg(long)]
+    lint: bool,
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8787", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// A YAML scenario file (datasets, documents, durations, outcomes, faults).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["datasets", "documents_per_dataset", "fail_rate", "duration", "upload_spread", "seed"])]
+    scenario: Option<PathBuf>,
+    /// The bearer token to accept [default: the scenario's, else sim-token].
+    #[arg(long, value_name = "T")]
+    token: Option<String>,
+    /// Generator: number of datasets.
+    #[arg(long, value_name = "N")]
+    datasets: Option<usize>,
+    /// Generator: documents per dataset.
+    #[arg(long, value_name = "M")]
+    documents_per_dataset: Option<usize>,
+    /// Generator: share of documents that fail, 0..1.
+    #[arg(long, value_name = "R")]
+    fail_rate: Option<f64>,
+    /// Generator: processing time range, e.g. 20s..5m.
+    #[arg(long, value_name = "MIN..MAX")]
+    duration: Option<String>,
+    /// Generator: uploads start uniformly within this time.
+    #[arg(long, value_name = "DUR")]
+    upload_spread: Option<String>,
+    /// Generator: random seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How honest remaining_time is: honest, x2, half, zero.
+    #[arg(long)]
+    hints: Option<sim::Hints>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => check(&args),
+        Command::Simulate(args) => run_async(simulate(args)),
+    }
+}
+
+fn run_async(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn check(args: &CheckArgs) -> ExitCode {
+    let path = config::config_path(args.config.config.as_deref(), &config::process_env);
+    let mode = if args.lint { Mode::Lint } else { Mode::Strict };
+    match config::load(&path, &config::process_env, mode) {
+        Ok(loaded) => {
+            print_problems("warning", &loaded.warnings);
+            print_summary(&loaded.config);
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            print_problems("warning", &diags.warnings);
+            print_problems("error", &diags.errors);
+            eprintln!(
+                "{}: {} error(s); the config is not valid",
+                path.display(),
+                diags.errors.len()
+            );
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn print_problems(kind: &str, problems: &[ConfigError]) {
+    for p in problems {
+        eprintln!("{kind}: {p}");
+    }
+}
+
+fn print_summary(c: &Config) {
+    let token_from = match &c.api.token_source {
+        config::TokenSource::Env(name) => format!("${name}"),
+        config::TokenSource::File(p) => p.display().to_string(),
+    };
+    println!("config:     {}", c.file.display());
+    println!(
+        "api:        {} (token from {token_from}, {} ids per request, {}/s)",
+        coze_watch::redact::url(c.api.base_url.as_str()),
+        c.api.max_ids_per_request,
+        c.api.max_requests_per_second
+    );
+    println!(
+        "watching:   {} dataset(s), {} document(s)",
+        c.watch.datasets.len(),
+        c.watch.document_count()
+    );
+    let notifiers: Vec<String> = c
+        .notifiers
+        .iter()
+        .map(|n| match &n.kind {
+            NotifierKind::Webhook(w) => format!("{} (webhook to {})", n.name, w.url),
+            kind => format!("{} ({})", n.name, kind.type_name()),
+        })
+        .collect();
+    println!(
+        "notifiers:  {}",
+        if notifiers.is_empty() {
+            "none".to_string()
+        } else {
+            notifiers.join(", ")
+        }
+    );
+    println!("state dir:  {}", c.state.dir.display());
+    let (capped, uncapped) = c.worst_case_requests_per_day();
+    let mut line = format!("worst case: {capped} requests/day");
+    if uncapped > capped {
+        line.push_str(&format!(" (limits cap {uncapped})"));
+    }
+    println!("{line}");
+    if capped > config::PUBLISHED_DAILY_QUOTA && c.api.max_requests_per_day.is_none() {
+        eprintln!(
+            "warning: the worst case exceeds Coze's published quota of {} requests/day per space; \
+             set api.max_requests_per_day to your plan's quota",
+            config::PUBLISHED_DAILY_QUOTA
+        );
+    }
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    // Handlers first, so a signal during start-up ends the process cleanly.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let (mut scenario, generated) = match &args.scenario {
+        Some(file) => (read_scenario(file)?, false),
+        None => (sim::generate(&generator(&args)?), true),
+    };
+    if let Some(token) = &args.token {
+        scenario.token = token.clone();
+    }
+    if let Some(h) = args.hints {
+        scenario.hints = h;
+    }
+    let handle = sim::start(scenario.clone(), args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!(
+        "coze-watch simulator listening on {} (token: {})",
+        handle.base_url(),
+        scenario.token
+    );
+    if generated {
+        print_watch_list(&scenario);
+    }
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    handle.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_scenario(file: &Path) -> anyhow::Result<sim::Scenario> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read scenario {}", file.display()))?;
+    serde_yaml::from_str(&text).with_context(|| format!("{}: invalid scenario", file.display()))
+}
+
+fn generator(args: &SimulateArgs) -> anyhow::Result<sim::Generator> {
+    let (min, max) = match &args.duration {
+        Some(range) => parse_range(range)?,
+        None => (Duration::from_secs(20), Duration::from_secs(120)),
+    };
+    let upload_spread = match &args.upload_spread {
+        Some(s) => {
+            humantime::parse_duration(s).with_context(|| format!("--upload-spread {s:?}"))?
+        }
+        None => Duration::ZERO,
+    };
+    let fail_rate = args.fail_rate.unwrap_or(0.05);
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&fail_rate),
+        "--fail-rate {fail_rate} must be between 0 and 1"
+    );
+    Ok(sim::Generator {
+        datasets: args.datasets.unwrap_or(2),
+        documents_per_dataset: args.documents_per_dataset.unwrap_or(3),
+        fail_rate,
+        min_duration: min,
+        max_duration: max,
+        upload_spread,
+        hints: args.hints.unwrap_or_default(),
+        seed: args.seed.unwrap_or(1),
+    })
+}
+
+/// `20s..5m` -> (20 s, 5 min).
+fn parse_range(text: &str) -> anyhow::Result<(Duration, Duration)> {
+    let (lo, hi) = text
+        .split_once("..")
+        .with_context(|| format!("--duration {text:?}: expected MIN..MAX, e.g. 20s..5m"))?;
+    let lo =
+        humantime::parse_duration(lo.trim()).with_context(|| format!("--duration {text:?}"))?;
+    let hi =
+        humantime::parse_duration(hi.trim()).with_context(|| format!("--duration {text:?}"))?;
+    anyhow::ensure!(lo <= hi, "--duration {text:?}: MIN is greater than MAX");
+    Ok((lo, hi))
+}
+
+/// Prints the generated ids as a `watch:` section ready to paste into a config.
+fn print_watch_list(scenario: &sim::Scenario) {
+    println!("watch:");
+    for d in &scenario.datasets {
+        let ids: Vec<String> = d
+            .documents
+            .iter()
+            .map(|doc| format!("{:?}", doc.id))
+            .collect();
+        println!("  - dataset: {:?}", d.id);
+        println!("    documents: [{}]", ids.join(", "));
+    }
+}
