@@ -155,8 +155,8 @@ impl<'de> Deserialize<'de> for RawDuration {
     }
 }
 
-/// A Coze id as written. Ids must be YAML strings: an unquoted 19-digit number would be read as
-/// an integer (or worse, a float), so it is rejected with a hint to quote it.
+/// A Coze id as written. Read as the scalar's exact text, so an unquoted 19-digit id keeps every
+/// digit (it never passes through an integer or a float); a list or a mapping is rejected.
 #[derive(Debug, Clone)]
 pub struct RawId(pub String);
 
@@ -166,7 +166,7 @@ impl<'de> Deserialize<'de> for RawId {
         impl Visitor<'_> for V {
             type Value = RawId;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a quoted id string such as \"7442585813587000000\" (quote ids)")
+                f.write_str("an id string such as \"7442585813587000000\"")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawId, E> {
                 Ok(RawId(v.to_string()))

@@ -164,6 +164,8 @@ pub enum Injection {
     ProgressBack,
     /// A body larger than any client cap.
     Oversize,
+    /// The normal answer with `document_id` as JSON numbers instead of strings.
+    NumericIds,
 }
 
 /// What the API reports for one document at one instant.

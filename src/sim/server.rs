@@ -238,7 +238,8 @@ async fn answer(
         Plan::Fault(
             inj @ (Injection::ExtraFields
             | Injection::UnknownStatus { .. }
-            | Injection::ProgressBack),
+            | Injection::ProgressBack
+            | Injection::NumericIds),
         ) => modifier = Some(inj),
         Plan::Fault(inj) => return fault_response(inj, logid),
     }
@@ -341,6 +342,15 @@ fn modify(value: &mut Value, injection: &Injection) {
                 d.insert("progress".into(), json!((p - 30).max(0)));
             }
         }
+        Injection::NumericIds => {
+            for d in docs.into_iter().flatten().filter_map(Value::as_object_mut) {
+                let id = d.get("document_id").and_then(Value::as_str).unwrap_or("0");
+                // Numbers built from the id's text, so no precision is lost on the wire.
+                if let Ok(n) = serde_json::from_str::<serde_json::Number>(id) {
+                    d.insert("document_id".into(), Value::Number(n));
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -398,7 +408,8 @@ fn fault_response(inj: Injection, logid: &str) -> Response {
         Injection::Delay { .. }
         | Injection::ExtraFields
         | Injection::UnknownStatus { .. }
-        | Injection::ProgressBack => envelope_error(
+        | Injection::ProgressBack
+        | Injection::NumericIds => envelope_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             5000,
             "simulator bug",
