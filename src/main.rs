@@ -36,7 +36,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  coze-watch simulate --datasets 2 --documents-per-dataset 3 --duration 5s..30s\n  coze-watch simulate --scenario scenario.yaml --listen 127.0.0.1:8787"
     )]
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
 }
 
 #[derive(Args)]
@@ -88,13 +88,34 @@ struct SimulateArgs {
     /// How honest remaining_time is: honest, x2, half, zero.
     #[arg(long)]
     hints: Option<sim::Hints>,
+    /// Fault: share of requests answered HTTP 500 / code 5000.
+    #[arg(long, value_name = "R")]
+    error_rate: Option<f64>,
+    /// Fault: share of requests answered 429 / code 4013 with Retry-After.
+    #[arg(long, value_name = "R")]
+    rate_limit_rate: Option<f64>,
+    /// Fault: the Retry-After of injected 429s, in seconds.
+    #[arg(long, value_name = "SECS")]
+    retry_after: Option<u64>,
+    /// Fault: share of requests answered with an HTML body.
+    #[arg(long, value_name = "R")]
+    malformed_rate: Option<f64>,
+    /// Fault: share of requests answered HTTP 200 with code 5000.
+    #[arg(long, value_name = "R")]
+    code_error_rate: Option<f64>,
+    /// Fault: latency added to every answer, e.g. 300ms.
+    #[arg(long, value_name = "DUR")]
+    latency: Option<String>,
+    /// Enforce a Coze-like quota of this many requests per second (excess gets 429).
+    #[arg(long, value_name = "RPS")]
+    quota: Option<f64>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => check(&args),
-        Command::Simulate(args) => run_async(simulate(args)),
+        Command::Simulate(args) => run_async(simulate(*args)),
     }
 }
 
@@ -220,6 +241,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     if let Some(h) = args.hints {
         scenario.hints = h;
     }
+    apply_fault_flags(&args, &mut scenario)?;
     let handle = sim::start(scenario.clone(), args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -237,6 +259,48 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     }
     handle.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+fn apply_fault_flags(args: &SimulateArgs, scenario: &mut sim::Scenario) -> anyhow::Result<()> {
+    let f = &mut scenario.faults;
+    for (flag, value, slot) in [
+        ("--error-rate", args.error_rate, &mut f.error_rate),
+        (
+            "--rate-limit-rate",
+            args.rate_limit_rate,
+            &mut f.rate_limit_rate,
+        ),
+        (
+            "--malformed-rate",
+            args.malformed_rate,
+            &mut f.malformed_rate,
+        ),
+        (
+            "--code-error-rate",
+            args.code_error_rate,
+            &mut f.code_error_rate,
+        ),
+    ] {
+        if let Some(v) = value {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&v),
+                "{flag} {v} must be between 0 and 1"
+            );
+            *slot = v;
+        }
+    }
+    if let Some(secs) = args.retry_after {
+        f.retry_after_secs = Some(secs);
+    }
+    if let Some(text) = &args.latency {
+        let d = humantime::parse_duration(text).with_context(|| format!("--latency {text:?}"))?;
+        f.latency_ms = d.as_millis() as u64;
+    }
+    if let Some(q) = args.quota {
+        anyhow::ensure!(q > 0.0, "--quota {q} must be greater than 0");
+        scenario.quota_per_second = Some(q);
+    }
+    Ok(())
 }
 
 fn read_scenario(file: &Path) -> anyhow::Result<sim::Scenario> {
