@@ -19,5 +19,8 @@ pub mod coze;
 pub mod event;
 pub mod ids;
 pub mod redact;
+pub mod schedule;
 pub mod secret;
 pub mod sim;
+pub mod tracker;
+pub mod wall;

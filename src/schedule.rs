@@ -1,0 +1,399 @@
+//! When each dataset is polled next (SPEC section 4): hints, growth, backoff, jitter, and the
+//! order in which due datasets get the shared request budget.
+//!
+//! Pure logic on explicit instants. Randomness comes in as a number `u` in `[0, 1)` from the
+//! caller, so every rule is tested exactly. This module never sleeps, never reads a clock and
+//! never talks to the API.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::{BackoffConfig, PollConfig};
+use crate::ids::{DatasetId, DocumentId};
+
+/// How much a failure's backoff may be stretched: `* (1 + U[0, 0.5])`.
+pub const BACKOFF_JITTER: f64 = 0.5;
+/// Growth factor of the no-hint delay per poll without any change.
+pub const GROWTH: f64 = 1.5;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchedulePolicy {
+    pub min_interval: Duration,
+    pub max_interval: Duration,
+    pub jitter: f64,
+    pub backoff: BackoffConfig,
+}
+
+impl From<&PollConfig> for SchedulePolicy {
+    fn from(p: &PollConfig) -> Self {
+        SchedulePolicy {
+            min_interval: p.min_interval,
+            max_interval: p.max_interval,
+            jitter: p.jitter,
+            backoff: p.error_backoff.clone(),
+        }
+    }
+}
+
+/// What a successful poll saw of one document still processing.
+#[derive(Clone, Debug)]
+pub struct Processing {
+    pub document_id: DocumentId,
+    /// `remaining_time` in seconds as reported.
+    pub remaining_time: Option<i64>,
+}
+
+/// How a failed poll should be spaced.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Failure {
+    /// Transient errors: the dataset's own backoff.
+    Backoff,
+    /// Rate limited: the backoff, or `Retry-After` when that is longer.
+    RateLimited { retry_after: Option<Duration> },
+    /// Auth or permission: straight to the backoff maximum.
+    AtMaximum,
+}
+
+#[derive(Clone, Debug, Default)]
+struct HintState {
+    /// When the document said it would be done.
+    deadline: Option<Instant>,
+    /// It was still processing after its hinted time: its hints are not used again.
+    failed: bool,
+}
+
+/// The schedule of one dataset.
+#[derive(Clone, Debug)]
+pub struct DatasetSchedule {
+    pub next_poll: Instant,
+    /// Failed polls in a row; backoff is a pure function of it (persisted).
+    pub failures: u32,
+    /// Successful polls in a row in which nothing changed (drives the x1.5 growth).
+    quiet_polls: u32,
+    hints: HashMap<DocumentId, HintState>,
+}
+
+impl DatasetSchedule {
+    pub fn new(next_poll: Instant, failures: u32) -> Self {
+        DatasetSchedule {
+            next_poll,
+            failures,
+            quiet_polls: 0,
+            hints: HashMap::new(),
+        }
+    }
+
+    /// After a good answer: the smallest usable hint, else the growing delay, clamped, then
+    /// jittered (only ever later). Returns the next poll time.
+    pub fn on_success(
+        &mut self,
+        now: Instant,
+        processing: &[Processing],
+        changed: bool,
+        policy: &SchedulePolicy,
+        u: f64,
+    ) -> Instant {
+        self.failures = 0;
+        self.quiet_polls = if changed {
+            0
+        } else {
+            self.quiet_polls.saturating_add(1)
+        };
+        let growth = self.growth_delay(policy);
+        let mut delay: Option<Duration> = None;
+        let mut still: HashMap<DocumentId, HintState> = HashMap::new();
+        for doc in processing {
+            let mut hint = self.hints.remove(&doc.document_id).unwrap_or_default();
+            if hint.deadline.is_some_and(|d| now >= d) {
+                hint.failed = true;
+            }
+            let wanted = match doc.remaining_time.filter(|r| *r > 0) {
+                Some(secs) if !hint.failed => {
+                    let secs = Duration::from_secs(secs.unsigned_abs());
+                    hint.deadline = Some(now + secs);
+                    clamp(secs, policy)
+                }
+                _ => {
+                    hint.deadline = None;
+                    growth
+                }
+            };
+            delay = Some(delay.map_or(wanted, |d| d.min(wanted)));
+            still.insert(doc.document_id.clone(), hint);
+        }
+        self.hints = still;
+        // Nothing processing (only absent documents): keep confirming at the growing pace.
+        let delay = delay.unwrap_or(growth);
+        self.next_poll = now + stretch(delay, policy.jitter, u);
+        self.next_poll
+    }
+
+    /// After a failed poll. Returns the next poll time.
+    pub fn on_failure(
+        &mut self,
+        now: Instant,
+        failure: Failure,
+        policy: &SchedulePolicy,
+        u: f64,
+    ) -> Instant {
+        self.failures = self.failures.saturating_add(1);
+        let delay = match failure {
+            Failure::Backoff => backoff(&policy.backoff, self.failures, u),
+            Failure::RateLimited { retry_after } => {
+                let b = backoff(&policy.backoff, self.failures, u);
+                retry_after.map_or(b, |r| r.max(b))
+            }
+            Failure::AtMaximum => stretch(policy.backoff.max, BACKOFF_JITTER, u),
+        };
+        self.next_poll = now + delay;
+        self.next_poll
+    }
+
+    fn growth_delay(&self, policy: &SchedulePolicy) -> Duration {
+        let factor = GROWTH.powi(self.quiet_polls.min(64) as i32);
+        clamp_f64(policy.min_interval.as_secs_f64() * factor, policy)
+    }
+}
+
+fn clamp(d: Duration, policy: &SchedulePolicy) -> Duration {
+    d.clamp(policy.min_interval, policy.max_interval)
+}
+
+fn clamp_f64(secs: f64, policy: &SchedulePolicy) -> Duration {
+    let max = policy.max_interval.as_secs_f64();
+    clamp(Duration::from_secs_f64(secs.min(max).max(0.0)), policy)
+}
+
+/// `d * (1 + u * fraction)`: jitter that only ever delays.
+pub fn stretch(d: Duration, fraction: f64, u: f64) -> Duration {
+    d.mul_f64(1.0 + u.clamp(0.0, 1.0) * fraction.max(0.0))
+}
+
+/// `min(max, initial * multiplier^(failures-1)) * (1 + U[0, 0.5])`: the delay after the
+/// `failures`-th failure in a row. A pure function of the count, so it survives restarts.
+pub fn backoff(policy: &BackoffConfig, failures: u32, u: f64) -> Duration {
+    let n = failures.saturating_sub(1).min(64) as i32;
+    let secs = policy.initial.as_secs_f64() * policy.multiplier.powi(n);
+    let base = Duration::from_secs_f64(secs.min(policy.max.as_secs_f64()));
+    stretch(base, BACKOFF_JITTER, u)
+}
+
+/// The datasets to poll now, earliest due first, at most `slots` of them. Earliest-due-first
+/// means the dataset that has waited longest always goes next, so none starves however scarce
+/// requests are.
+pub fn pick_due<'a>(
+    due: impl IntoIterator<Item = (&'a DatasetId, Instant)>,
+    now: Instant,
+    slots: usize,
+) -> Vec<DatasetId> {
+    let mut ready: Vec<(Instant, &DatasetId)> = due
+        .into_iter()
+        .filter(|(_, at)| *at <= now)
+        .map(|(id, at)| (at, id))
+        .collect();
+    ready.sort();
+    ready
+        .into_iter()
+        .take(slots)
+        .map(|(_, id)| id.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> SchedulePolicy {
+        SchedulePolicy {
+            min_interval: Duration::from_secs(2),
+            max_interval: Duration::from_secs(120),
+            jitter: 0.1,
+            backoff: BackoffConfig {
+                initial: Duration::from_secs(2),
+                max: Duration::from_secs(300),
+                multiplier: 2.0,
+            },
+        }
+    }
+
+    fn proc(id: &str, remaining: Option<i64>) -> Processing {
+        Processing {
+            document_id: DocumentId::new(id),
+            remaining_time: remaining,
+        }
+    }
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn follows_the_smallest_hint() {
+        let t0 = Instant::now();
+        let mut s = DatasetSchedule::new(t0, 0);
+        let next = s.on_success(
+            t0,
+            &[proc("a", Some(40)), proc("b", Some(20))],
+            true,
+            &policy(),
+            0.0,
+        );
+        assert_eq!(next - t0, S(20));
+    }
+
+    #[test]
+    fn hints_are_clamped_to_the_interval_bounds() {
+        let t0 = Instant::now();
+        let mut s = DatasetSchedule::new(t0, 0);
+        assert_eq!(
+            s.on_success(t0, &[proc("a", Some(1))], true, &policy(), 0.0) - t0,
+            S(2)
+        );
+        let mut s = DatasetSchedule::new(t0, 0);
+        assert_eq!(
+            s.on_success(t0, &[proc("a", Some(3600))], true, &policy(), 0.0) - t0,
+            S(120)
+        );
+    }
+
+    #[test]
+    fn jitter_only_ever_delays() {
+        let t0 = Instant::now();
+        let mut s = DatasetSchedule::new(t0, 0);
+        let next = s.on_success(t0, &[proc("a", Some(20))], true, &policy(), 0.999);
+        assert!(next - t0 >= S(20));
+        assert!(next - t0 <= S(22));
+    }
+
+    #[test]
+    fn without_a_hint_the_delay_starts_at_min_and_grows_by_half_until_a_change() {
+        let t0 = Instant::now();
+        let p = policy();
+        let mut s = DatasetSchedule::new(t0, 0);
+        let zero = [proc("a", Some(0))];
+        let d = |next: Instant, at: Instant| (next - at).as_millis();
+        assert_eq!(d(s.on_success(t0, &zero, true, &p, 0.0), t0), 2000);
+        assert_eq!(d(s.on_success(t0, &zero, false, &p, 0.0), t0), 3000);
+        assert_eq!(d(s.on_success(t0, &zero, false, &p, 0.0), t0), 4500);
+        assert_eq!(
+            d(s.on_success(t0, &[proc("a", None)], false, &p, 0.0), t0),
+            6750
+        );
+        assert_eq!(
+            d(s.on_success(t0, &zero, true, &p, 0.0), t0),
+            2000,
+            "a change resets"
+        );
+        for _ in 0..30 {
+            s.on_success(t0, &zero, false, &p, 0.0);
+        }
+        assert_eq!(
+            d(s.on_success(t0, &zero, false, &p, 0.0), t0),
+            120_000,
+            "capped at max"
+        );
+    }
+
+    #[test]
+    fn a_hint_that_failed_once_is_not_trusted_again() {
+        let t0 = Instant::now();
+        let p = policy();
+        let mut s = DatasetSchedule::new(t0, 0);
+        let next = s.on_success(t0, &[proc("a", Some(20))], true, &p, 0.0);
+        // Still processing at the hinted time, claiming 20 s more: the hint failed.
+        let next = s.on_success(next, &[proc("a", Some(20))], false, &p, 0.0);
+        assert_eq!(
+            next - (t0 + S(20)),
+            S(3),
+            "growth (2 s * 1.5), not the hint"
+        );
+        // Other documents' hints still count.
+        let t2 = next;
+        let n = s.on_success(
+            t2,
+            &[proc("a", Some(20)), proc("b", Some(2))],
+            false,
+            &p,
+            0.0,
+        );
+        assert_eq!(n - t2, S(2));
+    }
+
+    #[test]
+    fn a_poll_before_the_hinted_time_does_not_fail_the_hint() {
+        let t0 = Instant::now();
+        let p = policy();
+        let mut s = DatasetSchedule::new(t0, 0);
+        // Clamped to max: 120 s, long before the hinted 3600 s.
+        let next = s.on_success(t0, &[proc("a", Some(3600))], true, &p, 0.0);
+        let next2 = s.on_success(next, &[proc("a", Some(3480))], true, &p, 0.0);
+        assert_eq!(next2 - next, S(120));
+    }
+
+    #[test]
+    fn backoff_is_a_pure_function_of_the_failure_count() {
+        let b = policy().backoff;
+        assert_eq!(backoff(&b, 1, 0.0), S(2));
+        assert_eq!(backoff(&b, 2, 0.0), S(4));
+        assert_eq!(backoff(&b, 3, 0.0), S(8));
+        assert_eq!(backoff(&b, 30, 0.0), S(300));
+        assert_eq!(backoff(&b, 1, 1.0), S(3), "jitter adds at most 50 %");
+    }
+
+    #[test]
+    fn failures_back_off_and_success_resets() {
+        let t0 = Instant::now();
+        let p = policy();
+        let mut s = DatasetSchedule::new(t0, 2);
+        assert_eq!(
+            s.on_failure(t0, Failure::Backoff, &p, 0.0) - t0,
+            S(8),
+            "resumes from a stored count"
+        );
+        assert_eq!(s.failures, 3);
+        s.on_success(t0, &[proc("a", Some(10))], true, &p, 0.0);
+        assert_eq!(s.failures, 0);
+        assert_eq!(s.on_failure(t0, Failure::Backoff, &p, 0.0) - t0, S(2));
+    }
+
+    #[test]
+    fn retry_after_wins_when_longer_and_auth_goes_to_the_maximum() {
+        let t0 = Instant::now();
+        let p = policy();
+        let mut s = DatasetSchedule::new(t0, 0);
+        let r = Failure::RateLimited {
+            retry_after: Some(S(30)),
+        };
+        assert_eq!(s.on_failure(t0, r, &p, 0.0) - t0, S(30));
+        let r = Failure::RateLimited {
+            retry_after: Some(S(1)),
+        };
+        assert_eq!(
+            s.on_failure(t0, r, &p, 0.0) - t0,
+            S(4),
+            "backoff when longer"
+        );
+        assert_eq!(s.on_failure(t0, Failure::AtMaximum, &p, 0.0) - t0, S(300));
+    }
+
+    #[test]
+    fn earliest_due_goes_first_and_none_starves() {
+        let t0 = Instant::now();
+        let ids: Vec<DatasetId> = (0..4).map(|i| DatasetId::new(i.to_string())).collect();
+        let mut due: Vec<Instant> = vec![t0 + S(3), t0 + S(1), t0 + S(2), t0 + S(100)];
+        let picked = pick_due(ids.iter().zip(due.iter().copied()), t0 + S(5), 2);
+        assert_eq!(picked, [ids[1].clone(), ids[2].clone()]);
+        // One slot a round: every overdue dataset is served within as many rounds as there are.
+        let mut served = Vec::new();
+        let mut now = t0 + S(200);
+        for _ in 0..4 {
+            let p = pick_due(ids.iter().zip(due.iter().copied()), now, 1);
+            let i: usize = p[0].as_str().parse().unwrap();
+            served.push(i);
+            due[i] = now + S(1); // a busy dataset comes back due at once
+            now += S(1);
+        }
+        served.sort();
+        assert_eq!(served, [0, 1, 2, 3]);
+    }
+}
