@@ -16,11 +16,16 @@
 
 pub mod config;
 pub mod coze;
+pub mod daemon;
+pub mod demo;
 pub mod event;
 pub mod ids;
+pub mod notify;
+pub mod poller;
 pub mod redact;
 pub mod schedule;
 pub mod secret;
 pub mod sim;
+pub mod store;
 pub mod tracker;
 pub mod wall;

@@ -1,14 +1,24 @@
 //! The `coze-watch` binary: command-line definitions and wiring. The logic lives in the library.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_tokio::Signals;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use coze_watch::config::{self, Config, ConfigError, Mode, NotifierKind};
+use coze_watch::config::{self, Config, ConfigError, LogFormat, Mode, NotifierKind};
+use coze_watch::daemon::RunContext;
 use coze_watch::sim;
 
 /// Exit code for an invalid configuration (sysexits EX_CONFIG).
@@ -27,6 +37,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: poll the watch list and fire notifiers.
+    #[command(
+        after_help = "Example:\n  COZE_API_TOKEN=pat_... coze-watch run -c /etc/coze-watch/config.yaml"
+    )]
+    Run(ConfigArg),
     /// Load and validate the config and watch list exactly as `run` would, and print a summary.
     #[command(
         after_help = "Example:\n  coze-watch check -c /etc/coze-watch/config.yaml\n  coze-watch check --lint -c config.example.yaml"
@@ -37,6 +52,9 @@ enum Command {
         after_help = "Examples:\n  coze-watch simulate --datasets 2 --documents-per-dataset 3 --duration 5s..30s\n  coze-watch simulate --scenario scenario.yaml --listen 127.0.0.1:8787"
     )]
     Simulate(Box<SimulateArgs>),
+    /// A zero-set-up tour: the simulator and the daemon on loopback, narrated; exits by itself.
+    #[command(after_help = "Example:\n  coze-watch demo")]
+    Demo,
 }
 
 #[derive(Args)]
@@ -116,6 +134,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check(&args),
         Command::Simulate(args) => run_async(simulate(*args)),
+        Command::Run(args) => {
+            // Before anything else: a SIGHUP or SIGTERM during start-up must not kill us.
+            match EarlySignals::install() {
+                Ok(early) => run_async(run_daemon(args, early)),
+                Err(e) => {
+                    eprintln!("error: cannot install signal handlers: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo => run_async(async {
+            init_logging_with("coze_watch::event=info,warn", LogFormat::Text);
+            coze_watch::demo::run().await?;
+            Ok(ExitCode::SUCCESS)
+        }),
     }
 }
 
@@ -141,12 +174,97 @@ fn run_async(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -
 }
 
 fn init_logging() {
+    init_logging_with("info", LogFormat::Text);
+}
+
+/// Logs to stderr; the level comes from `RUST_LOG`, else `default`.
+fn init_logging_with(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Signal flags set from the first instruction of `run`, before the runtime exists. The
+/// async handlers installed later take over; these only remember what came before them.
+struct EarlySignals {
+    term: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
+}
+
+impl EarlySignals {
+    fn install() -> std::io::Result<Self> {
+        let term = Arc::new(AtomicBool::new(false));
+        let hup = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(SIGTERM, term.clone())?;
+        signal_hook::flag::register(SIGINT, term.clone())?;
+        signal_hook::flag::register(SIGHUP, hup.clone())?;
+        Ok(EarlySignals { term, hup })
+    }
+}
+
+async fn run_daemon(args: ConfigArg, early: EarlySignals) -> anyhow::Result<ExitCode> {
+    let path = config::config_path(args.config.as_deref(), &config::process_env);
+    let loaded = match config::load(&path, &config::process_env, Mode::Strict) {
+        Ok(l) => l,
+        Err(diags) => {
+            print_problems("error", &diags.errors);
+            eprintln!("{}: the config is not valid; not starting", path.display());
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    init_logging_with("info", loaded.config.log.format);
+    for w in &loaded.warnings {
+        tracing::warn!(warning = %w, "config");
+    }
+    // Files we create (store, WAL, lock) are private to the service user.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let shutdown = CancellationToken::new();
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
+    if early.term.load(Ordering::SeqCst) {
+        shutdown.cancel();
+    }
+    if early.hup.swap(false, Ordering::SeqCst) {
+        let _ = reload_tx.send(());
+    }
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        while let Some(sig) = signals.next().await {
+            match sig {
+                SIGHUP => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    let _ = reload_tx.send(());
+                }
+                _ => {
+                    tracing::info!(signal = sig, "stopping");
+                    stop.cancel();
+                }
+            }
+        }
+    });
+    let ctx = RunContext {
+        shutdown,
+        reload: reload_rx,
+        extra_notifiers: Vec::new(),
+        wakeups: Arc::new(AtomicU64::new(0)),
+        on_ready: Box::new(|| tracing::info!("ready")),
+    };
+    match coze_watch::daemon::run(loaded.config, ctx).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            tracing::error!(error = %e, "fatal");
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(e.exit_code()))
+        }
+    }
 }
 
 fn check(args: &CheckArgs) -> ExitCode {

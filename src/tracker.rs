@@ -17,7 +17,7 @@ use crate::ids::{DatasetId, DocumentId};
 use crate::wall::UnixMs;
 
 /// Where a document is in its life. Everything but `Watching` is terminal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Lifecycle {
     Watching,

@@ -1,0 +1,604 @@
+//! The run loop of `coze-watch run`: wires config, schedule, client, tracker, store and
+//! dispatcher together, and handles reload and shutdown.
+//!
+//! One task owns all mutable engine state (which documents are live, each dataset's schedule)
+//! and is the only writer of document states and events, so there are no locks around them.
+//! Polls run as child tasks that return a report; the loop commits each report in one store
+//! transaction and only then updates its memory, so a failed commit loses nothing: the next poll
+//! sees the same transition again. It never delivers anything itself (the dispatcher does).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, Mode, NotifierKind, TokenSource};
+use crate::coze::{ApiError, ClientSettings, CozeClient};
+use crate::event::{EventBody, EventType, new_event_id};
+use crate::ids::{DatasetId, DocumentId};
+use crate::notify::{Dispatcher, DispatcherHandle, Notifier, log::LogNotifier};
+use crate::poller::{PollReport, poll_dataset};
+use crate::schedule::{self, DatasetSchedule, Failure, Processing, SchedulePolicy};
+use crate::store::{DirLock, NewEvent, Store, StoreError, StoreHandle, StoredSchedule};
+use crate::tracker::{DocState, TrackerPolicy};
+use crate::wall::UnixMs;
+
+/// How long in-flight polls and deliveries get at shutdown before they are cancelled.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often old event bodies are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Client(#[from] crate::coze::client::BuildError),
+}
+
+impl DaemonError {
+    /// The process exit code: 65 for an unusable store, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Store(e) if e.is_unusable() => 65,
+            _ => 1,
+        }
+    }
+}
+
+/// A notifier added by the program rather than the config (the demo's narrator), subscribed to
+/// these event types for every document.
+pub struct ExtraNotifier {
+    pub notifier: Arc<dyn Notifier>,
+    pub events: Vec<EventType>,
+}
+
+/// What the daemon is given besides its config.
+pub struct RunContext {
+    /// Stops the daemon (SIGTERM, SIGINT).
+    pub shutdown: CancellationToken,
+    /// One message per SIGHUP.
+    pub reload: mpsc::UnboundedReceiver<()>,
+    pub extra_notifiers: Vec<ExtraNotifier>,
+    /// Counts the run loop's wake-ups (idle means idle).
+    pub wakeups: Arc<AtomicU64>,
+    /// Called once the store is open and the first schedule is set.
+    pub on_ready: Box<dyn FnOnce() + Send>,
+}
+
+/// Runs the daemon until `ctx.shutdown`; returns after in-flight work had its grace period.
+pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError> {
+    let dir = config.state.dir.clone();
+    let (lock, store) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let lock = DirLock::acquire(&dir)?;
+        let store = Store::open(&dir)?;
+        Ok((lock, store))
+    })
+    .await
+    .map_err(|e| StoreError::Dir {
+        dir: config.state.dir.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
+    tracing::info!(store = %store.path().display(), "store open");
+    let store = StoreHandle::new(store);
+    let client = CozeClient::new(ClientSettings::from(&config.api))?;
+    let extra = std::mem::take(&mut ctx.extra_notifiers);
+    let (dispatcher, dispatch) = Dispatcher::new(store.clone(), notifiers(&config, &extra));
+    let mut engine = Engine {
+        policy: Policies::from(&config),
+        config,
+        client,
+        store: store.clone(),
+        dispatch,
+        extra,
+        live: HashMap::new(),
+        schedules: HashMap::new(),
+        in_flight: HashSet::new(),
+        rng: StdRng::from_rng(&mut rand::rng()),
+    };
+    engine.sweep_removed_notifiers().await;
+    engine.adopt_watch_list(true).await;
+    let dispatcher_task = tokio::spawn(dispatcher.run(ctx.shutdown.clone(), SHUTDOWN_GRACE));
+    engine.prune().await;
+    let on_ready = std::mem::replace(&mut ctx.on_ready, Box::new(|| {}));
+    on_ready();
+    tracing::info!(
+        datasets = engine.config.watch.datasets.len(),
+        documents = engine.config.watch.document_count(),
+        live = engine.live_count(),
+        "watching"
+    );
+    engine.run_loop(&mut ctx).await;
+    let _ = dispatcher_task.await;
+    drop(lock);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct Policies {
+    tracker: TrackerPolicy,
+    schedule: SchedulePolicy,
+}
+
+impl From<&Config> for Policies {
+    fn from(c: &Config) -> Self {
+        Policies {
+            tracker: TrackerPolicy::from(&c.poll),
+            schedule: SchedulePolicy::from(&c.poll),
+        }
+    }
+}
+
+struct Engine {
+    config: Config,
+    policy: Policies,
+    client: Arc<CozeClient>,
+    store: StoreHandle,
+    dispatch: DispatcherHandle,
+    extra: Vec<ExtraNotifier>,
+    /// Live (non-terminal) watched documents, per dataset.
+    live: HashMap<DatasetId, BTreeMap<DocumentId, DocState>>,
+    schedules: HashMap<DatasetId, DatasetSchedule>,
+    in_flight: HashSet<DatasetId>,
+    rng: StdRng,
+}
+
+type PollResult = (DatasetId, PollReport, Instant);
+
+impl Engine {
+    fn live_count(&self) -> usize {
+        self.live.values().map(BTreeMap::len).sum()
+    }
+
+    async fn run_loop(&mut self, ctx: &mut RunContext) {
+        let mut polls: JoinSet<PollResult> = JoinSet::new();
+        let mut prune_at = Instant::now() + PRUNE_EVERY;
+        loop {
+            ctx.wakeups.fetch_add(1, Ordering::Relaxed);
+            self.start_due_polls(&mut polls);
+            let next = self.next_due();
+            tracing::trace!(next_in = ?next.map(|n| n.saturating_duration_since(Instant::now())), "run loop waiting");
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => break,
+                Some(done) = polls.join_next() => match done {
+                    Ok((ds, report, started)) => self.finish_poll(ds, report, started).await,
+                    Err(e) => tracing::error!(error = %e, "a poll task failed"),
+                },
+                Some(()) = ctx.reload.recv() => self.reload().await,
+                _ = sleep_until_opt(next) => {}
+                _ = tokio::time::sleep_until(prune_at) => {
+                    self.prune().await;
+                    prune_at = Instant::now() + PRUNE_EVERY;
+                }
+            }
+        }
+        tracing::info!(in_flight = polls.len(), "shutting down");
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while !polls.is_empty() {
+            tokio::select! {
+                Some(done) = polls.join_next() => {
+                    if let Ok((ds, report, started)) = done {
+                        self.finish_poll(ds, report, started).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    polls.abort_all();
+                    break;
+                }
+            }
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.schedules
+            .iter()
+            .filter(|(ds, _)| !self.in_flight.contains(*ds))
+            .map(|(_, s)| s.next_poll)
+            .min()
+    }
+
+    fn start_due_polls(&mut self, polls: &mut JoinSet<PollResult>) {
+        let slots = self
+            .config
+            .api
+            .max_concurrent_requests
+            .saturating_sub(self.in_flight.len());
+        if slots == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let due = schedule::pick_due(
+            self.schedules
+                .iter()
+                .filter(|(ds, _)| !self.in_flight.contains(*ds))
+                .map(|(ds, s)| (ds, s.next_poll)),
+            now,
+            slots,
+        );
+        for ds in due {
+            let docs: Vec<DocState> = self
+                .live
+                .get(&ds)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            if docs.is_empty() {
+                self.schedules.remove(&ds);
+                continue;
+            }
+            self.in_flight.insert(ds.clone());
+            let client = self.client.clone();
+            let policy = self.policy.tracker.clone();
+            polls.spawn(async move {
+                let started = Instant::now();
+                let span = tracing::debug_span!("poll", dataset_id = %ds, documents = docs.len());
+                let report = tracing::Instrument::instrument(
+                    poll_dataset(&client, &ds, &docs, &policy, UnixMs::now()),
+                    span,
+                )
+                .await;
+                (ds, report, started)
+            });
+        }
+    }
+
+    async fn finish_poll(&mut self, ds: DatasetId, report: PollReport, started: Instant) {
+        self.in_flight.remove(&ds);
+        let now_wall = UnixMs::now();
+        let now = Instant::now();
+        for step in &report.steps {
+            if let Some(n) = step.new_unknown_status {
+                tracing::warn!(dataset_id = %ds, document_id = %step.state.document_id, status = n, "unknown document status; still watching");
+            }
+        }
+        let events = self.events_of(&report, now_wall);
+        let next = self.reschedule(&ds, &report, now).await;
+        let stored = StoredSchedule {
+            next_poll_at: now_wall.plus(next.saturating_duration_since(now)),
+            failures: self.schedules.get(&ds).map_or(0, |s| s.failures),
+        };
+        let states: Vec<DocState> = report.steps.iter().map(|s| s.state.clone()).collect();
+        let n_events = events.len();
+        let ds_for_store = ds.clone();
+        let committed = self
+            .store
+            .call(move |s| s.commit(&states, &events, Some((&ds_for_store, stored)), now_wall))
+            .await;
+        if let Err(e) = committed {
+            tracing::error!(dataset_id = %ds, error = %e, "cannot record the poll; it will be redone");
+            if let Some(s) = self.schedules.get_mut(&ds) {
+                let u = self.rng.random::<f64>();
+                s.on_failure(now, Failure::Backoff, &self.policy.schedule, u);
+            }
+            return;
+        }
+        tracing::debug!(dataset_id = %ds, requests = report.requests, events = n_events, took_ms = started.elapsed().as_millis() as u64, "poll recorded");
+        if let Some(docs) = self.live.get_mut(&ds) {
+            for step in report.steps {
+                if step.state.is_live() {
+                    docs.insert(step.state.document_id.clone(), step.state);
+                } else {
+                    docs.remove(&step.state.document_id);
+                }
+            }
+            if docs.is_empty() {
+                self.live.remove(&ds);
+                self.schedules.remove(&ds);
+            }
+        }
+        if n_events > 0 {
+            self.dispatch.wake();
+        }
+    }
+
+    /// Turns the report's event drafts into stored events with their subscribers.
+    fn events_of(&self, report: &PollReport, now: UnixMs) -> Vec<NewEvent> {
+        let mut out = Vec::new();
+        for step in &report.steps {
+            let doc = &step.state;
+            let watched = self
+                .config
+                .watch
+                .datasets
+                .get(&doc.dataset_id)
+                .and_then(|m| m.get(&doc.document_id));
+            let labels = watched.map(|w| w.labels.clone()).unwrap_or_default();
+            for draft in &step.events {
+                let event_id = new_event_id();
+                let body = EventBody::build(event_id.clone(), doc, draft, &labels, now);
+                out.push(NewEvent {
+                    event_id,
+                    event_type: draft.event_type,
+                    dataset_id: doc.dataset_id.clone(),
+                    document_id: doc.document_id.clone(),
+                    created_at: now,
+                    body: body.to_json(),
+                    notifiers: self
+                        .subscribers(draft.event_type, watched.and_then(|w| w.notify.as_deref())),
+                });
+            }
+        }
+        out
+    }
+
+    fn subscribers(&self, ty: EventType, only: Option<&[String]>) -> Vec<String> {
+        let configured = self
+            .config
+            .notifiers
+            .iter()
+            .filter(|n| deliverable(&n.kind))
+            .filter(|n| n.events.contains(&ty))
+            .filter(|n| only.is_none_or(|names| names.contains(&n.name)))
+            .map(|n| n.name.clone());
+        let extra = self
+            .extra
+            .iter()
+            .filter(|e| e.events.contains(&ty))
+            .map(|e| e.notifier.name().to_string());
+        configured.chain(extra).collect()
+    }
+
+    async fn reschedule(&mut self, ds: &DatasetId, report: &PollReport, now: Instant) -> Instant {
+        let u = self.rng.random::<f64>();
+        let policy = self.policy.schedule.clone();
+        let failure = report.failure.as_ref().map(|e| self.failure_of(e, now));
+        let processing: Vec<Processing> = report
+            .steps
+            .iter()
+            .filter(|s| s.state.is_live() && s.state.status == Some(0) && s.state.absent_count == 0)
+            .map(|s| Processing {
+                document_id: s.state.document_id.clone(),
+                remaining_time: s.state.remaining_time,
+            })
+            .collect();
+        let changed = report.changed();
+        let sched = self
+            .schedules
+            .entry(ds.clone())
+            .or_insert_with(|| DatasetSchedule::new(now, 0));
+        match failure {
+            Some(f) => sched.on_failure(now, f, &policy, u),
+            None => sched.on_success(now, &processing, changed, &policy, u),
+        }
+    }
+
+    /// Maps an API error to its schedule reaction, and applies the shared ones: auth failures
+    /// pause every request (the token is shared) and re-read `token_file`.
+    fn failure_of(&self, e: &ApiError, now: Instant) -> Failure {
+        tracing::warn!(error = %e, logid = e.logid().unwrap_or(""), kind = e.kind(), "poll failed");
+        match e {
+            ApiError::Auth(_) => {
+                self.client
+                    .pause_until(now + self.policy.schedule.backoff.max);
+                self.reread_token();
+                Failure::AtMaximum
+            }
+            ApiError::Permission(_) => Failure::AtMaximum,
+            ApiError::RateLimited { retry_after, .. } => {
+                if retry_after.is_none() {
+                    self.client
+                        .pause_until(now + self.policy.schedule.backoff.initial);
+                }
+                Failure::RateLimited {
+                    retry_after: *retry_after,
+                }
+            }
+            _ => Failure::Backoff,
+        }
+    }
+
+    fn reread_token(&self) {
+        if let TokenSource::File(_) = &self.config.api.token_source {
+            match self.config.api.token_source.read(&config::process_env) {
+                Ok(t) => self.client.set_token(t),
+                Err(msg) => tracing::error!(error = %msg, "cannot re-read the token"),
+            }
+        }
+    }
+
+    /// Starts watching every document of the config that is not terminal in the store, and
+    /// stops polling documents no longer listed (their history stays).
+    async fn adopt_watch_list(&mut self, first: bool) {
+        let stored = match self.store.call(|s| s.load_documents()).await {
+            Ok(docs) => docs,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read documents from the store");
+                return;
+            }
+        };
+        let schedules = self
+            .store
+            .call(|s| s.load_schedules())
+            .await
+            .unwrap_or_default();
+        let mut known: HashMap<(DatasetId, DocumentId), DocState> = stored
+            .into_iter()
+            .map(|d| ((d.dataset_id.clone(), d.document_id.clone()), d))
+            .collect();
+        let now_wall = UnixMs::now();
+        let now = Instant::now();
+        let mut fresh = Vec::new();
+        let mut live: HashMap<DatasetId, BTreeMap<DocumentId, DocState>> = HashMap::new();
+        for (ds, docs) in &self.config.watch.datasets {
+            for doc in docs.keys() {
+                let state = match known.remove(&(ds.clone(), doc.clone())) {
+                    Some(s) => s,
+                    None => {
+                        let s = DocState::new(ds.clone(), doc.clone(), now_wall);
+                        fresh.push(s.clone());
+                        s
+                    }
+                };
+                if state.is_live() {
+                    // Keep the in-memory state of documents already being polled.
+                    let current = self
+                        .live
+                        .get(ds)
+                        .and_then(|m| m.get(doc))
+                        .cloned()
+                        .unwrap_or(state);
+                    live.entry(ds.clone())
+                        .or_default()
+                        .insert(doc.clone(), current);
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            let n = fresh.len();
+            if let Err(e) = self
+                .store
+                .call(move |s| s.commit(&fresh, &[], None, now_wall))
+                .await
+            {
+                tracing::error!(error = %e, "cannot record new documents; they are watched anyway and recorded with their first poll");
+            } else {
+                tracing::info!(documents = n, "new documents watched");
+            }
+        }
+        self.schedules.retain(|ds, _| live.contains_key(ds));
+        for ds in live.keys() {
+            if self.schedules.contains_key(ds) {
+                continue;
+            }
+            let (at, failures) = match schedules.get(ds) {
+                Some(s) if first => (now + s.next_poll_at.since(now_wall), s.failures),
+                _ => (now, 0),
+            };
+            self.schedules
+                .insert(ds.clone(), DatasetSchedule::new(at, failures));
+        }
+        self.live = live;
+    }
+
+    async fn sweep_removed_notifiers(&self) {
+        let mut keep: Vec<String> = self
+            .config
+            .notifiers
+            .iter()
+            .filter(|n| deliverable(&n.kind))
+            .map(|n| n.name.clone())
+            .collect();
+        keep.extend(self.extra.iter().map(|e| e.notifier.name().to_string()));
+        match self
+            .store
+            .call(move |s| s.kill_removed_notifiers(&keep, UnixMs::now()))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                deliveries = n,
+                "pending deliveries of removed notifiers are dead (notifier removed)"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot sweep deliveries of removed notifiers"),
+        }
+    }
+
+    async fn prune(&self) {
+        let retention = self.config.state.retention;
+        match self
+            .store
+            .call(move |s| s.prune(UnixMs::now(), retention))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "pruned old event bodies"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune old events"),
+        }
+    }
+
+    /// SIGHUP: load the config again; keep the old one if the new one is invalid.
+    async fn reload(&mut self) {
+        let path = self.config.file.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            config::load(&path, &config::process_env, Mode::Strict)
+        })
+        .await;
+        let new = match loaded {
+            Ok(Ok(l)) => l.config,
+            Ok(Err(diags)) => {
+                for e in &diags.errors {
+                    tracing::error!(error = %e, "reload: invalid config");
+                }
+                tracing::error!(
+                    errors = diags.errors.len(),
+                    "reload failed; keeping the running config"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the running config");
+                return;
+            }
+        };
+        if new.state.dir != self.config.state.dir {
+            tracing::warn!("state.dir changed: takes effect after a restart");
+        }
+        if new.http != self.config.http {
+            tracing::warn!("http.listen changed: takes effect after a restart");
+        }
+        let old_settings = ClientSettings::from(&self.config.api);
+        let new_settings = ClientSettings::from(&new.api);
+        if !same_limits(&old_settings, &new_settings) {
+            match CozeClient::new(new_settings) {
+                Ok(c) => self.client = c,
+                Err(e) => tracing::error!(error = %e, "reload: keeping the old API client"),
+            }
+        } else {
+            self.client.set_token(new.api.token.clone());
+        }
+        self.config = new;
+        self.policy = Policies::from(&self.config);
+        self.dispatch
+            .set_notifiers(notifiers(&self.config, &self.extra));
+        self.sweep_removed_notifiers().await;
+        self.adopt_watch_list(false).await;
+        tracing::info!(
+            datasets = self.config.watch.datasets.len(),
+            live = self.live_count(),
+            "config reloaded"
+        );
+    }
+}
+
+fn same_limits(a: &ClientSettings, b: &ClientSettings) -> bool {
+    a.base_url == b.base_url
+        && a.request_timeout == b.request_timeout
+        && a.max_ids_per_request == b.max_ids_per_request
+        && a.max_requests_per_second == b.max_requests_per_second
+        && a.max_requests_per_day == b.max_requests_per_day
+        && a.max_concurrent_requests == b.max_concurrent_requests
+}
+
+/// Notifier kinds this build delivers to.
+fn deliverable(kind: &NotifierKind) -> bool {
+    matches!(kind, NotifierKind::Log)
+}
+
+/// The notifier set of a config, plus the program's own.
+fn notifiers(config: &Config, extra: &[ExtraNotifier]) -> Vec<Arc<dyn Notifier>> {
+    let mut out: Vec<Arc<dyn Notifier>> = Vec::new();
+    for n in &config.notifiers {
+        match &n.kind {
+            NotifierKind::Log => out.push(Arc::new(LogNotifier::new(n.name.clone()))),
+            other => {
+                tracing::warn!(notifier = %n.name, kind = other.type_name(), "this notifier type is not delivered by this build; its events are not queued")
+            }
+        }
+    }
+    out.extend(extra.iter().map(|e| e.notifier.clone()));
+    out
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

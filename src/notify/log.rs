@@ -1,0 +1,93 @@
+//! The log notifier: one tracing line per event, with the data fields as structured fields.
+//!
+//! The event type and document id are literally on the line; untrusted strings (names,
+//! failure reasons, labels) go through `Debug`, which escapes quotes and control characters, so
+//! a document name cannot forge log lines. The document `url` (a signed download link) is
+//! never logged.
+
+use crate::event::{EventBody, EventType};
+
+use super::{BoxFuture, Job, Notifier, Outcome};
+
+pub struct LogNotifier {
+    name: String,
+}
+
+impl LogNotifier {
+    pub fn new(name: impl Into<String>) -> Self {
+        LogNotifier { name: name.into() }
+    }
+}
+
+impl Notifier for LogNotifier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deliver<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            match serde_json::from_str::<EventBody>(&job.body) {
+                Ok(body) => {
+                    emit(&self.name, &body);
+                    Outcome::Delivered
+                }
+                Err(e) => Outcome::Permanent {
+                    error: format!("stored event body is unreadable: {e}"),
+                },
+            }
+        })
+    }
+}
+
+fn emit(notifier: &str, body: &EventBody) {
+    let d = &body.data;
+    let ty = body.event_type.as_str();
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "coze_watch::event",
+                notifier,
+                event = ty,
+                event_id = %d.event_id,
+                dataset_id = %d.dataset_id,
+                document_id = %d.document_id,
+                document_name = d.document_name.as_deref().map(tracing::field::debug),
+                status = d.status,
+                progress = d.progress,
+                remaining_time = d.remaining_time,
+                status_descript = d.status_descript.as_deref().map(tracing::field::debug),
+                file_type = d.file_type.as_deref().map(tracing::field::debug),
+                size = d.size,
+                previous_status = d.previous_status,
+                previous_progress = d.previous_progress,
+                reason = d.reason.as_deref(),
+                elapsed_seconds = d.elapsed_seconds,
+                labels = ?d.labels,
+                "{ty} {} {:?} in dataset {}{}",
+                d.document_id,
+                d.document_name.as_deref().unwrap_or(""),
+                d.dataset_id,
+                detail(body),
+            )
+        };
+    }
+    match body.event_type {
+        EventType::Completed | EventType::Progress => line!(info),
+        _ => line!(warn),
+    }
+}
+
+/// A short human tail for the message: the reason a reader wants first.
+fn detail(body: &EventBody) -> String {
+    let d = &body.data;
+    match body.event_type {
+        EventType::Failed => format!(": {:?}", d.status_descript.as_deref().unwrap_or("")),
+        EventType::Missing | EventType::TimedOut => {
+            format!(": {}", d.reason.as_deref().unwrap_or("unknown"))
+        }
+        EventType::Progress | EventType::Stalled => {
+            format!(" at {}%", d.progress.unwrap_or(0))
+        }
+        EventType::Completed => format!(" after {:.1}s", d.elapsed_seconds),
+    }
+}

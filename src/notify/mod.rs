@@ -1,0 +1,90 @@
+//! Notifiers: the `Notifier` trait, the notifiers themselves, and the dispatcher that drains
+//! the outbox into them.
+//!
+//! A notifier gets one delivery (an event body and its id) and says how it went; it never
+//! touches the store or decides about retries. The dispatcher owns retries, ordering and
+//! concurrency, and records every outcome in the store.
+
+pub mod dispatcher;
+pub mod log;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::config::RetryPolicy;
+use crate::event::EventType;
+
+pub use dispatcher::{Dispatcher, DispatcherHandle};
+
+/// One attempt to deliver one event to one notifier.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub event_id: String,
+    pub event_type: EventType,
+    /// The event body as stored (JSON).
+    pub body: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+}
+
+/// How an attempt went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Worth trying again later (network error, timeout, 5xx, 429, non-zero exit).
+    Retry {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// Never worth retrying (a 4xx, a redirect): the delivery becomes dead.
+    Permanent {
+        error: String,
+    },
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait Notifier: Send + Sync {
+    fn name(&self) -> &str;
+
+    /// Attempts one delivery. Must not panic and must finish in bounded time (its own timeout).
+    fn deliver<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Outcome>;
+
+    /// How many deliveries of this notifier may run at once.
+    fn concurrency(&self) -> usize {
+        1
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::webhook_default()
+    }
+}
+
+/// The delay before attempt `attempts + 1`, after `attempts` failed ones:
+/// `min(max, initial * multiplier^(attempts-1))`, or `Retry-After` when that is longer.
+pub fn retry_delay(policy: &RetryPolicy, attempts: u32, retry_after: Option<Duration>) -> Duration {
+    let n = attempts.saturating_sub(1).min(64) as i32;
+    let secs =
+        (policy.initial.as_secs_f64() * policy.multiplier.powi(n)).min(policy.max.as_secs_f64());
+    let d = Duration::from_secs_f64(secs.max(0.0));
+    retry_after.map_or(d, |r| r.max(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_grows_to_the_maximum_and_honours_retry_after() {
+        let p = RetryPolicy::webhook_default();
+        assert_eq!(retry_delay(&p, 1, None), Duration::from_secs(5));
+        assert_eq!(retry_delay(&p, 2, None), Duration::from_secs(20));
+        assert_eq!(retry_delay(&p, 3, None), Duration::from_secs(80));
+        assert_eq!(retry_delay(&p, 10, None), Duration::from_secs(3600));
+        assert_eq!(
+            retry_delay(&p, 1, Some(Duration::from_secs(60))),
+            Duration::from_secs(60)
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! One poll of one dataset: ask for its live documents, feed every answer to the tracker, and
+//! resolve what the answers leave open (a bad id in a batch, an absence to confirm).
+//!
+//! The only polling implementation: the daemon and `wait` both call [`poll_dataset`]. It talks
+//! to the API through the client and to the tracker; it never writes the store, never sleeps
+//! and never decides when to poll next.
+
+use std::collections::HashMap;
+
+use crate::coze::{ApiError, CozeClient, DocumentProgress};
+use crate::ids::{DatasetId, DocumentId};
+use crate::tracker::{self, DocState, Observation, Step, TrackerPolicy};
+use crate::wall::UnixMs;
+
+/// What one poll of a dataset found.
+#[derive(Debug, Default)]
+pub struct PollReport {
+    /// One step per document that got an observation, in the order asked.
+    pub steps: Vec<Step>,
+    /// The first request that failed (the dataset backs off when there is one).
+    pub failure: Option<ApiError>,
+    /// Requests sent, including bisections and confirmations.
+    pub requests: u32,
+}
+
+impl PollReport {
+    pub fn changed(&self) -> bool {
+        self.steps.iter().any(|s| s.changed)
+    }
+}
+
+/// Polls the live documents `docs` of `dataset` at wall time `now`.
+pub async fn poll_dataset(
+    client: &CozeClient,
+    dataset: &DatasetId,
+    docs: &[DocState],
+    policy: &TrackerPolicy,
+    now: UnixMs,
+) -> PollReport {
+    let mut report = PollReport::default();
+    let ids: Vec<DocumentId> = docs.iter().map(|d| d.document_id.clone()).collect();
+    let mut seen: HashMap<DocumentId, Seen> = HashMap::new();
+    for batch in client.process(dataset, &ids).await {
+        report.requests += 1;
+        match batch.result {
+            Ok(answer) => note_answer(&mut seen, &batch.ids, answer.documents, false),
+            Err(ApiError::BadRequest { .. }) => {
+                bisect(client, dataset, batch.ids, &mut seen, &mut report).await
+            }
+            Err(e) => note_error(&mut seen, &batch.ids, e, &mut report, false),
+        }
+    }
+    let mut to_confirm = Vec::new();
+    for doc in docs {
+        let Some(obs) = seen.get(&doc.document_id) else {
+            continue;
+        };
+        let step = tracker::observe(doc, obs.as_observation(), now, policy);
+        if step.needs_confirmation {
+            to_confirm.push(step);
+        } else {
+            report.steps.push(step);
+        }
+    }
+    if !to_confirm.is_empty() {
+        confirm(client, dataset, to_confirm, policy, now, &mut report).await;
+    }
+    report
+}
+
+/// What the answers said about one id.
+#[derive(Debug)]
+enum Seen {
+    Present(Box<DocumentProgress>),
+    Absent { confirming: bool },
+    DatasetNotFound { confirming: bool },
+    Rejected,
+}
+
+impl Seen {
+    fn as_observation(&self) -> Observation<'_> {
+        match self {
+            Seen::Present(p) => Observation::Seen(p),
+            Seen::Absent { confirming } => Observation::Absent {
+                confirming: *confirming,
+            },
+            Seen::DatasetNotFound { confirming } => Observation::DatasetNotFound {
+                confirming: *confirming,
+            },
+            Seen::Rejected => Observation::Rejected,
+        }
+    }
+}
+
+fn note_answer(
+    seen: &mut HashMap<DocumentId, Seen>,
+    asked: &[DocumentId],
+    documents: Vec<DocumentProgress>,
+    confirming: bool,
+) {
+    let mut by_id: HashMap<DocumentId, DocumentProgress> = documents
+        .into_iter()
+        .map(|d| (d.document_id.clone(), d))
+        .collect();
+    for id in asked {
+        let s = match by_id.remove(id) {
+            Some(p) => Seen::Present(Box::new(p)),
+            None => Seen::Absent { confirming },
+        };
+        seen.insert(id.clone(), s);
+    }
+}
+
+fn note_error(
+    seen: &mut HashMap<DocumentId, Seen>,
+    asked: &[DocumentId],
+    e: ApiError,
+    report: &mut PollReport,
+    confirming: bool,
+) {
+    if let ApiError::DatasetNotFound(_) = e {
+        tracing::warn!(error = %e, "dataset not found; its documents count as absent");
+        for id in asked {
+            seen.insert(id.clone(), Seen::DatasetNotFound { confirming });
+        }
+        return;
+    }
+    if report.failure.is_none() {
+        report.failure = Some(e);
+    }
+}
+
+/// A 400 for a batch: split it until the bad ids stand alone; each of those is rejected.
+async fn bisect(
+    client: &CozeClient,
+    dataset: &DatasetId,
+    batch: Vec<DocumentId>,
+    seen: &mut HashMap<DocumentId, Seen>,
+    report: &mut PollReport,
+) {
+    let mut pending = vec![batch];
+    while let Some(ids) = pending.pop() {
+        if ids.len() <= 1 {
+            for id in ids {
+                tracing::warn!(document_id = %id, %dataset, "the API rejects this id as malformed");
+                seen.insert(id, Seen::Rejected);
+            }
+            continue;
+        }
+        let (left, right) = ids.split_at(ids.len() / 2);
+        for half in [left.to_vec(), right.to_vec()] {
+            report.requests += 1;
+            match client.process_batch(dataset, &half).await {
+                Ok(answer) => note_answer(seen, &half, answer.documents, false),
+                Err(ApiError::BadRequest { .. }) => pending.push(half),
+                Err(e) => note_error(seen, &half, e, report, false),
+            }
+        }
+    }
+}
+
+/// Asks once more for the documents about to go missing, alone, and applies the answer on top
+/// of their first step.
+async fn confirm(
+    client: &CozeClient,
+    dataset: &DatasetId,
+    first: Vec<Step>,
+    policy: &TrackerPolicy,
+    now: UnixMs,
+    report: &mut PollReport,
+) {
+    let ids: Vec<DocumentId> = first.iter().map(|s| s.state.document_id.clone()).collect();
+    let mut seen: HashMap<DocumentId, Seen> = HashMap::new();
+    for batch in client.process(dataset, &ids).await {
+        report.requests += 1;
+        match batch.result {
+            Ok(answer) => note_answer(&mut seen, &batch.ids, answer.documents, true),
+            Err(e) => note_error(&mut seen, &batch.ids, e, report, true),
+        }
+    }
+    for step in first {
+        let Some(obs) = seen.get(&step.state.document_id) else {
+            // The confirming request failed: keep the first step; it is asked again next poll.
+            report.steps.push(Step {
+                needs_confirmation: false,
+                ..step
+            });
+            continue;
+        };
+        let second = tracker::observe(&step.state, obs.as_observation(), now, policy);
+        let mut events = step.events;
+        events.extend(second.events);
+        report.steps.push(Step {
+            events,
+            changed: step.changed || second.changed,
+            new_unknown_status: second.new_unknown_status.or(step.new_unknown_status),
+            needs_confirmation: false,
+            state: second.state,
+        });
+    }
+}

@@ -1,0 +1,979 @@
+//! The durable state: documents, events and deliveries (the outbox), in SQLite (WAL) in the
+//! state directory. The only module with SQL.
+//!
+//! A poll's new document states, the events they fire and one pending delivery per subscribed
+//! notifier are written in one transaction, before any delivery starts (transactional outbox):
+//! a crash at any point either loses the whole poll (it is redone) or keeps all of it. The
+//! store never decides anything; it records what the tracker and the dispatcher decided.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use thiserror::Error;
+
+use crate::event::EventType;
+use crate::ids::{DatasetId, DocumentId};
+use crate::tracker::{DocState, Lifecycle};
+use crate::wall::UnixMs;
+
+/// The schema this build writes. Older stores are migrated; newer ones refused.
+pub const SCHEMA_VERSION: i64 = 1;
+pub const DB_FILE: &str = "coze-watch.db";
+pub const LOCK_FILE: &str = "coze-watch.lock";
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("state directory {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "state directory {dir} is in use by another coze-watch ({holder}); one instance per state directory"
+    )]
+    Locked { dir: PathBuf, holder: String },
+    #[error(
+        "store {path} is corrupt or not a coze-watch database ({detail}); it was left untouched"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "store {path} has schema version {found}, newer than this coze-watch supports ({SCHEMA_VERSION}); run a newer coze-watch"
+    )]
+    TooNew { path: PathBuf, found: i64 },
+    #[error("store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+impl StoreError {
+    /// Corrupt or from a newer version: exit 65, never retried, never thrown away.
+    pub fn is_unusable(&self) -> bool {
+        matches!(self, StoreError::Corrupt { .. } | StoreError::TooNew { .. })
+    }
+}
+
+/// Holds the state directory for this process: released when dropped (or when the process
+/// dies, however it dies).
+#[derive(Debug)]
+pub struct DirLock {
+    _lock: Flock<File>,
+}
+
+impl DirLock {
+    /// Takes the state directory, creating it (0700) when missing.
+    pub fn acquire(dir: &Path) -> Result<Self, StoreError> {
+        ensure_dir(dir)?;
+        let path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| StoreError::Dir {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((file, _)) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .map_or_else(|| "unknown pid".to_string(), |p| format!("pid {p}"));
+                drop(file);
+                return Err(StoreError::Locked {
+                    dir: dir.to_path_buf(),
+                    holder,
+                });
+            }
+        };
+        // Best effort: the pid helps the next person's error message.
+        let _ = lock.set_len(0);
+        let _ = write!(&mut *lock, "{}", std::process::id());
+        Ok(DirLock { _lock: lock })
+    }
+}
+
+/// Creates the state directory with mode 0700 when it does not exist.
+pub fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// A new event with the notifiers that must get it.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub event_id: String,
+    pub event_type: EventType,
+    pub dataset_id: DatasetId,
+    pub document_id: DocumentId,
+    pub created_at: UnixMs,
+    /// The event body (JSON), exactly as it will be delivered.
+    pub body: String,
+    pub notifiers: Vec<String>,
+}
+
+/// The persisted part of a dataset's schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredSchedule {
+    pub next_poll_at: UnixMs,
+    pub failures: u32,
+}
+
+/// One pending delivery, ready to attempt.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub seq: i64,
+    pub event_id: String,
+    pub event_type: EventType,
+    pub dataset_id: DatasetId,
+    pub document_id: DocumentId,
+    pub notifier: String,
+    pub attempts: u32,
+    pub created_at: UnixMs,
+    pub body: String,
+}
+
+impl Delivery {
+    pub fn key(&self) -> (i64, String) {
+        (self.seq, self.notifier.clone())
+    }
+}
+
+/// A delivery as `status` and `deliveries` show it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeliveryRow {
+    pub seq: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub dataset_id: String,
+    pub document_id: String,
+    pub notifier: String,
+    pub status: String,
+    pub attempts: u32,
+    pub next_attempt_at: UnixMs,
+    pub last_error: Option<String>,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+const SCHEMA_V1: &str = "
+CREATE TABLE documents (
+    dataset_id  TEXT NOT NULL,
+    document_id TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    data        TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (dataset_id, document_id)
+);
+CREATE TABLE datasets (
+    dataset_id   TEXT PRIMARY KEY,
+    next_poll_at INTEGER NOT NULL,
+    failures     INTEGER NOT NULL
+);
+CREATE TABLE events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id    TEXT NOT NULL UNIQUE,
+    type        TEXT NOT NULL,
+    dataset_id  TEXT NOT NULL,
+    document_id TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    body        TEXT
+);
+CREATE TABLE deliveries (
+    event_seq       INTEGER NOT NULL REFERENCES events(seq),
+    notifier        TEXT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_error      TEXT,
+    updated_at      INTEGER NOT NULL,
+    PRIMARY KEY (event_seq, notifier)
+);
+CREATE INDEX deliveries_pending ON deliveries (status, next_attempt_at);
+CREATE INDEX events_document ON events (dataset_id, document_id, seq);
+";
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` for writing. The caller holds the
+    /// [`DirLock`]. Creates the directory 0700 and the database 0600.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let dir_err = |source| StoreError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        ensure_dir(dir)?;
+        let path = dir.join(DB_FILE);
+        if !path.exists() {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(dir_err)?;
+        } else if let Ok(meta) = std::fs::metadata(&path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| classify(&path, e))?;
+        let mut store = Store { conn, path };
+        store.configure()?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store read-only, creating nothing (for `status`).
+    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| classify(&path, e))?;
+        let store = Store { conn, path };
+        store.check_version(false)?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: rusqlite::Error) -> StoreError {
+        classify(&self.path, e)
+    }
+
+    fn configure(&self) -> Result<(), StoreError> {
+        self.conn
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(|e| self.err(e))?;
+        // WAL: readers (`status`) never block the daemon. synchronous=FULL: a committed
+        // transition survives a power cut, not only a crash.
+        self.conn
+            .pragma_update(None, "journal_mode", "wal")
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .pragma_update(None, "synchronous", "full")
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .pragma_update(None, "foreign_keys", "on")
+            .map_err(|e| self.err(e))?;
+        let check: String = self
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: check,
+            });
+        }
+        Ok(())
+    }
+
+    /// The schema version, after refusing a newer or foreign database.
+    fn check_version(&self, allow_empty: bool) -> Result<i64, StoreError> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+            });
+        }
+        if version == 0 {
+            let tables: i64 = self
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.err(e))?;
+            if tables > 0 || !allow_empty {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: "no coze-watch schema version".into(),
+                });
+            }
+        }
+        Ok(version)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version = self.check_version(true)?;
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| classify(&path, e))?;
+        // Each step takes the schema from version n to n + 1.
+        if version < 1 {
+            tx.execute_batch(SCHEMA_V1)
+                .map_err(|e| classify(&path, e))?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|e| classify(&path, e))?;
+        tx.commit().map_err(|e| classify(&path, e))
+    }
+
+    /// A cheap round trip, for the watchdog.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("SELECT 1", [], |_| Ok(()))
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn load_documents(&self) -> Result<Vec<DocState>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT dataset_id, document_id, data FROM documents")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (ds, doc, data) = row.map_err(|e| self.err(e))?;
+            let state: DocState = serde_json::from_str(&data).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("document {doc} of dataset {ds}: {e}"),
+            })?;
+            out.push(state);
+        }
+        Ok(out)
+    }
+
+    pub fn load_schedules(&self) -> Result<HashMap<DatasetId, StoredSchedule>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT dataset_id, next_poll_at, failures FROM datasets")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    DatasetId::new(r.get::<_, String>(0)?),
+                    StoredSchedule {
+                        next_poll_at: UnixMs(r.get(1)?),
+                        failures: r.get::<_, i64>(2)?.clamp(0, i64::from(u32::MAX)) as u32,
+                    },
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Writes new document states, their events with one pending delivery per notifier, and
+    /// the dataset's schedule, in one transaction.
+    pub fn commit(
+        &mut self,
+        documents: &[DocState],
+        events: &[NewEvent],
+        schedule: Option<(&DatasetId, StoredSchedule)>,
+        now: UnixMs,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |err| classify(&path, err);
+        let tx = self.conn.transaction().map_err(e)?;
+        {
+            let mut put_doc = tx
+                .prepare_cached(
+                    "INSERT INTO documents (dataset_id, document_id, state, data, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (dataset_id, document_id) DO UPDATE
+                     SET state = excluded.state, data = excluded.data, updated_at = excluded.updated_at",
+                )
+                .map_err(e)?;
+            for d in documents {
+                let data = serde_json::to_string(d).map_err(|err| StoreError::Corrupt {
+                    path: path.clone(),
+                    detail: format!("cannot encode document {}: {err}", d.document_id),
+                })?;
+                put_doc
+                    .execute(params![
+                        d.dataset_id.as_str(),
+                        d.document_id.as_str(),
+                        d.state.as_str(),
+                        data,
+                        now.0
+                    ])
+                    .map_err(e)?;
+            }
+            let mut put_event = tx
+                .prepare_cached(
+                    "INSERT INTO events (event_id, type, dataset_id, document_id, created_at, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(e)?;
+            let mut put_delivery = tx
+                .prepare_cached(
+                    "INSERT INTO deliveries (event_seq, notifier, status, attempts, next_attempt_at, updated_at)
+                     VALUES (?1, ?2, 'pending', 0, ?3, ?3)",
+                )
+                .map_err(e)?;
+            for ev in events {
+                put_event
+                    .execute(params![
+                        ev.event_id,
+                        ev.event_type.as_str(),
+                        ev.dataset_id.as_str(),
+                        ev.document_id.as_str(),
+                        ev.created_at.0,
+                        ev.body
+                    ])
+                    .map_err(e)?;
+                let seq = tx.last_insert_rowid();
+                for n in &ev.notifiers {
+                    put_delivery
+                        .execute(params![seq, n, ev.created_at.0])
+                        .map_err(e)?;
+                }
+            }
+            if let Some((ds, s)) = schedule {
+                tx.execute(
+                    "INSERT INTO datasets (dataset_id, next_poll_at, failures) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (dataset_id) DO UPDATE
+                     SET next_poll_at = excluded.next_poll_at, failures = excluded.failures",
+                    params![ds.as_str(), s.next_poll_at.0, s.failures],
+                )
+                .map_err(e)?;
+            }
+        }
+        tx.commit().map_err(e)
+    }
+
+    /// Pending deliveries due at `now`, oldest event first, skipping `busy` ones and any
+    /// delivery whose document has an earlier pending event for the same notifier (events of
+    /// one document go out in order).
+    pub fn due_deliveries(
+        &self,
+        now: UnixMs,
+        limit: usize,
+        busy: &HashSet<(i64, String)>,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT d.event_seq, e.event_id, e.type, e.dataset_id, e.document_id, d.notifier,
+                        d.attempts, e.created_at, e.body
+                 FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                 WHERE d.status = 'pending' AND d.next_attempt_at <= ?1
+                   AND NOT EXISTS (
+                     SELECT 1 FROM deliveries d2 JOIN events e2 ON e2.seq = d2.event_seq
+                     WHERE d2.status = 'pending' AND d2.notifier = d.notifier
+                       AND e2.dataset_id = e.dataset_id AND e2.document_id = e.document_id
+                       AND d2.event_seq < d.event_seq)
+                 ORDER BY d.event_seq
+                 LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![now.0, (limit + busy.len()) as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, event_id, ty, ds, doc, notifier, attempts, created, body) =
+                row.map_err(|e| self.err(e))?;
+            if busy.contains(&(seq, notifier.clone())) {
+                continue;
+            }
+            let event_type = ty
+                .parse::<EventType>()
+                .map_err(|detail| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("event {event_id}: {detail}"),
+                })?;
+            out.push(Delivery {
+                seq,
+                event_id,
+                event_type,
+                dataset_id: DatasetId::new(ds),
+                document_id: DocumentId::new(doc),
+                notifier,
+                attempts: attempts.clamp(0, i64::from(u32::MAX)) as u32,
+                created_at: UnixMs(created),
+                body: body.unwrap_or_default(),
+            });
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest future attempt (after `now`) among deliveries that are next in line for
+    /// their document and notifier. Deliveries due already are found by `due_deliveries`.
+    pub fn next_delivery_after(&self, now: UnixMs) -> Result<Option<UnixMs>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT min(d.next_attempt_at) FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                 WHERE d.status = 'pending' AND d.next_attempt_at > ?1
+                   AND NOT EXISTS (
+                     SELECT 1 FROM deliveries d2 JOIN events e2 ON e2.seq = d2.event_seq
+                     WHERE d2.status = 'pending' AND d2.notifier = d.notifier
+                       AND e2.dataset_id = e.dataset_id AND e2.document_id = e.document_id
+                       AND d2.event_seq < d.event_seq)",
+                params![now.0],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map(|v| v.map(UnixMs))
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn record_delivered(
+        &self,
+        seq: i64,
+        notifier: &str,
+        attempts: u32,
+        now: UnixMs,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE deliveries SET status = 'delivered', attempts = ?3, last_error = NULL, updated_at = ?4
+                 WHERE event_seq = ?1 AND notifier = ?2",
+                params![seq, notifier, attempts, now.0],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn record_retry(
+        &self,
+        seq: i64,
+        notifier: &str,
+        attempts: u32,
+        next_attempt_at: UnixMs,
+        error: &str,
+        now: UnixMs,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE deliveries SET attempts = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6
+                 WHERE event_seq = ?1 AND notifier = ?2 AND status = 'pending'",
+                params![seq, notifier, attempts, next_attempt_at.0, error, now.0],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn record_dead(
+        &self,
+        seq: i64,
+        notifier: &str,
+        attempts: u32,
+        error: &str,
+        now: UnixMs,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE deliveries SET status = 'dead', attempts = ?3, last_error = ?4, updated_at = ?5
+                 WHERE event_seq = ?1 AND notifier = ?2 AND status = 'pending'",
+                params![seq, notifier, attempts, error, now.0],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Pending deliveries of notifiers not in `keep` become dead ("notifier removed").
+    pub fn kill_removed_notifiers(
+        &self,
+        keep: &[String],
+        now: UnixMs,
+    ) -> Result<usize, StoreError> {
+        let pending: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT DISTINCT notifier FROM deliveries WHERE status = 'pending'")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+        };
+        let mut killed = 0;
+        for name in pending.iter().filter(|n| !keep.contains(n)) {
+            killed += self
+                .conn
+                .execute(
+                    "UPDATE deliveries SET status = 'dead', last_error = 'notifier removed', updated_at = ?2
+                     WHERE notifier = ?1 AND status = 'pending'",
+                    params![name, now.0],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(killed)
+    }
+
+    /// Drops event bodies older than `retention` of terminal documents whose deliveries are all
+    /// settled. The document row stays as a tombstone, so a pruned document never fires again.
+    pub fn prune(&self, now: UnixMs, retention: Duration) -> Result<usize, StoreError> {
+        let cutoff = UnixMs(
+            now.0
+                .saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64),
+        );
+        self.conn
+            .execute(
+                "UPDATE events SET body = NULL
+                 WHERE body IS NOT NULL AND created_at < ?1
+                   AND EXISTS (SELECT 1 FROM documents d
+                               WHERE d.dataset_id = events.dataset_id AND d.document_id = events.document_id
+                                 AND d.state <> 'watching')
+                   AND NOT EXISTS (SELECT 1 FROM deliveries x
+                                   WHERE x.event_seq = events.seq AND x.status = 'pending')",
+                params![cutoff.0],
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Deliveries with the given status, newest first.
+    pub fn deliveries(&self, status: &str, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT d.event_seq, e.event_id, e.type, e.dataset_id, e.document_id, d.notifier,
+                        d.status, d.attempts, d.next_attempt_at, d.last_error
+                 FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                 WHERE d.status = ?1 ORDER BY d.event_seq DESC LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![status, limit as i64], |r| {
+                Ok(DeliveryRow {
+                    seq: r.get(0)?,
+                    event_id: r.get(1)?,
+                    event_type: r.get(2)?,
+                    dataset_id: r.get(3)?,
+                    document_id: r.get(4)?,
+                    notifier: r.get(5)?,
+                    status: r.get(6)?,
+                    attempts: r.get::<_, i64>(7)?.clamp(0, i64::from(u32::MAX)) as u32,
+                    next_attempt_at: UnixMs(r.get(8)?),
+                    last_error: r.get(9)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The state of one document, if known.
+    pub fn document(
+        &self,
+        dataset: &DatasetId,
+        document: &DocumentId,
+    ) -> Result<Option<DocState>, StoreError> {
+        let data: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT data FROM documents WHERE dataset_id = ?1 AND document_id = ?2",
+                params![dataset.as_str(), document.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        data.map(|d| {
+            serde_json::from_str(&d).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("document {document}: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    /// How many documents are in each lifecycle state.
+    pub fn count_by_state(&self) -> Result<HashMap<Lifecycle, u64>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state, count(*) FROM documents GROUP BY state")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.err(e))?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (s, n) = row.map_err(|e| self.err(e))?;
+            if let Some(l) = Lifecycle::parse(&s) {
+                out.insert(l, n.max(0) as u64);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Sorts SQLite errors: a database that is not one, or is damaged, is `Corrupt`.
+fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ffi::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
+        _ => StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    }
+}
+
+/// The store shared between the run loop and the dispatcher. Calls run on the blocking pool,
+/// so a slow disk never stalls the async runtime; a std mutex, because it is never held
+/// across an await.
+#[derive(Clone, Debug)]
+pub struct StoreHandle {
+    inner: Arc<Mutex<Store>>,
+}
+
+impl StoreHandle {
+    pub fn new(store: Store) -> Self {
+        StoreHandle {
+            inner: Arc::new(Mutex::new(store)),
+        }
+    }
+
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let inner = self.inner.clone();
+        let path = self.path();
+        tokio::task::spawn_blocking(move || {
+            let mut store = inner.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut store)
+        })
+        .await
+        .unwrap_or_else(|join| {
+            Err(StoreError::Dir {
+                dir: path,
+                source: std::io::Error::other(format!("store task failed: {join}")),
+            })
+        })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.inner
+            .lock()
+            .map(|s| s.path.clone())
+            .unwrap_or_else(|p| p.into_inner().path.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(id: &str, state: Lifecycle) -> DocState {
+        let mut d = DocState::new(DatasetId::new("1"), DocumentId::new(id), UnixMs(0));
+        d.state = state;
+        d
+    }
+
+    fn event(id: &str, doc: &str, at: i64, notifiers: &[&str]) -> NewEvent {
+        NewEvent {
+            event_id: id.into(),
+            event_type: EventType::Completed,
+            dataset_id: DatasetId::new("1"),
+            document_id: DocumentId::new(doc),
+            created_at: UnixMs(at),
+            body: format!("{{\"id\":\"{id}\"}}"),
+            notifiers: notifiers.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn commit_writes_state_events_and_deliveries_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        let sched = StoredSchedule {
+            next_poll_at: UnixMs(5),
+            failures: 2,
+        };
+        s.commit(
+            &[doc("a", Lifecycle::Completed)],
+            &[event("e1", "a", 1, &["log", "hook"])],
+            Some((&DatasetId::new("1"), sched)),
+            UnixMs(1),
+        )
+        .unwrap();
+        assert_eq!(s.load_documents().unwrap()[0].state, Lifecycle::Completed);
+        assert_eq!(s.load_schedules().unwrap()[&DatasetId::new("1")], sched);
+        let due = s.due_deliveries(UnixMs(1), 10, &HashSet::new()).unwrap();
+        assert_eq!(due.len(), 2);
+        assert_eq!(due[0].body, "{\"id\":\"e1\"}");
+    }
+
+    #[test]
+    fn events_of_one_document_go_out_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        s.commit(
+            &[],
+            &[
+                event("e1", "a", 1, &["hook"]),
+                event("e2", "a", 2, &["hook"]),
+                event("e3", "b", 3, &["hook"]),
+            ],
+            None,
+            UnixMs(3),
+        )
+        .unwrap();
+        let due = s.due_deliveries(UnixMs(10), 10, &HashSet::new()).unwrap();
+        let ids: Vec<&str> = due.iter().map(|d| d.event_id.as_str()).collect();
+        assert_eq!(ids, ["e1", "e3"], "e2 waits for e1");
+        s.record_retry(due[0].seq, "hook", 1, UnixMs(100), "HTTP 500", UnixMs(10))
+            .unwrap();
+        let due = s.due_deliveries(UnixMs(10), 10, &HashSet::new()).unwrap();
+        assert_eq!(due.len(), 1, "e2 still waits while e1 is pending");
+        s.record_dead(due[0].seq, "hook", 1, "gone", UnixMs(10))
+            .unwrap();
+        let first = s.due_deliveries(UnixMs(100), 10, &HashSet::new()).unwrap();
+        s.record_delivered(first[0].seq, "hook", 2, UnixMs(100))
+            .unwrap();
+        let due = s.due_deliveries(UnixMs(100), 10, &HashSet::new()).unwrap();
+        assert_eq!(due[0].event_id, "e2");
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = DirLock::acquire(dir.path()).unwrap();
+        let err = DirLock::acquire(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("in use by another coze-watch"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_file_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        std::fs::write(&path, b"this is not a database, but it is somebody's data").unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(err.is_unusable(), "{err}");
+        assert!(err.to_string().contains(DB_FILE), "{err}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"this is not a database, but it is somebody's data"
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        drop(Store::open(&state).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join(DB_FILE)), 0o600);
+    }
+
+    #[test]
+    fn removed_notifiers_lose_their_pending_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        s.commit(
+            &[],
+            &[event("e1", "a", 1, &["keep", "gone"])],
+            None,
+            UnixMs(1),
+        )
+        .unwrap();
+        assert_eq!(
+            s.kill_removed_notifiers(&["keep".into()], UnixMs(2))
+                .unwrap(),
+            1
+        );
+        let dead = s.deliveries("dead", 10).unwrap();
+        assert_eq!(dead[0].notifier, "gone");
+        assert_eq!(dead[0].last_error.as_deref(), Some("notifier removed"));
+    }
+
+    #[test]
+    fn prune_keeps_tombstones_and_pending_bodies() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        s.commit(
+            &[
+                doc("a", Lifecycle::Completed),
+                doc("b", Lifecycle::Completed),
+            ],
+            &[event("e1", "a", 1, &[]), event("e2", "b", 1, &["hook"])],
+            None,
+            UnixMs(1),
+        )
+        .unwrap();
+        let pruned = s.prune(UnixMs(100_000), Duration::from_secs(10)).unwrap();
+        assert_eq!(pruned, 1, "the pending one keeps its body");
+        assert_eq!(s.load_documents().unwrap().len(), 2, "tombstones stay");
+    }
+}
