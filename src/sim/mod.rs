@@ -22,7 +22,7 @@ pub use scenario::{
     generate,
 };
 use server::SimState;
-pub use server::Stats;
+pub use server::{RECENT_REQUESTS, RequestRecord, Stats};
 
 /// A running simulator. Dropping it does not stop it; call [`SimHandle::shutdown`].
 pub struct SimHandle {

@@ -40,6 +40,20 @@ pub struct Stats {
     pub ids_requested: u64,
     pub by_dataset: BTreeMap<String, u64>,
     pub by_http_status: BTreeMap<u16, u64>,
+    /// The most recent requests, oldest first (at most [`RECENT_REQUESTS`]).
+    pub recent: VecDeque<RequestRecord>,
+}
+
+/// How many requests `Stats::recent` keeps.
+pub const RECENT_REQUESTS: usize = 1000;
+
+/// One request as the simulator saw it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub dataset: String,
+    /// The ids asked for (empty when the body was unreadable).
+    pub ids: Vec<String>,
+    pub http_status: u16,
 }
 
 pub(crate) struct SimState {
@@ -163,7 +177,8 @@ async fn process(
     }
     let faulted = matches!(plan, Plan::Fault(_));
     let response = answer(&s, &dataset_id, &headers, &body, plan, &logid).await;
-    record(&s, &dataset_id, &response, faulted);
+    let ids = parse_request(&body).unwrap_or_default();
+    record(&s, &dataset_id, ids, &response, faulted);
     with_logid(response, &logid)
 }
 
@@ -433,9 +448,17 @@ fn with_logid(mut r: Response, logid: &str) -> Response {
     r
 }
 
-fn record(s: &SimState, dataset: &str, r: &Response, faulted: bool) {
+fn record(s: &SimState, dataset: &str, ids: Vec<String>, r: &Response, faulted: bool) {
     let mut st = lock(&s.stats);
     st.requests += 1;
+    if st.recent.len() == RECENT_REQUESTS {
+        st.recent.pop_front();
+    }
+    st.recent.push_back(RequestRecord {
+        dataset: dataset.to_string(),
+        ids,
+        http_status: r.status().as_u16(),
+    });
     st.faults += u64::from(faulted);
     *st.by_dataset.entry(dataset.to_string()).or_default() += 1;
     *st.by_http_status.entry(r.status().as_u16()).or_default() += 1;

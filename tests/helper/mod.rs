@@ -55,3 +55,5 @@ pub fn http() -> reqwest::Client {
 pub async fn get_json(url: String) -> serde_json::Value {
     http().get(url).send().await.unwrap().json().await.unwrap()
 }
+
+pub mod daemon;
