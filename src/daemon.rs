@@ -20,11 +20,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config, Mode, NotifierKind, TokenSource};
+use crate::config::{self, Config, Mode, TokenSource};
 use crate::coze::{ApiError, ClientSettings, CozeClient};
 use crate::event::{EventBody, EventType, new_event_id};
 use crate::ids::{DatasetId, DocumentId};
-use crate::notify::{Dispatcher, DispatcherHandle, Notifier, log::LogNotifier};
+use crate::notify::{Dispatcher, DispatcherHandle, Notifier, deliverable};
 use crate::poller::{PollReport, poll_dataset};
 use crate::schedule::{self, DatasetSchedule, Failure, Processing, SchedulePolicy};
 use crate::store::{DirLock, NewEvent, Store, StoreError, StoreHandle, StoredSchedule};
@@ -576,19 +576,14 @@ fn same_limits(a: &ClientSettings, b: &ClientSettings) -> bool {
         && a.max_concurrent_requests == b.max_concurrent_requests
 }
 
-/// Notifier kinds this build delivers to.
-fn deliverable(kind: &NotifierKind) -> bool {
-    matches!(kind, NotifierKind::Log)
-}
-
 /// The notifier set of a config, plus the program's own.
 fn notifiers(config: &Config, extra: &[ExtraNotifier]) -> Vec<Arc<dyn Notifier>> {
     let mut out: Vec<Arc<dyn Notifier>> = Vec::new();
     for n in &config.notifiers {
-        match &n.kind {
-            NotifierKind::Log => out.push(Arc::new(LogNotifier::new(n.name.clone()))),
-            other => {
-                tracing::warn!(notifier = %n.name, kind = other.type_name(), "this notifier type is not delivered by this build; its events are not queued")
+        match crate::notify::build(n) {
+            Ok(built) => out.push(built),
+            Err(e) => {
+                tracing::warn!(notifier = %n.name, error = %e, "notifier not started; its events are not queued")
             }
         }
     }

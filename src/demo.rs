@@ -1,5 +1,5 @@
 //! `coze-watch demo`: a zero-set-up tour. Starts the simulator and the daemon on loopback with a
-//! log notifier, narrates what happens (documents completing, one failing, one stalling),
+//! log notifier and a local signed-webhook receiver, narrates what happens (documents completing, one failing, one stalling),
 //! reports requests per document and detection latency, and exits by itself.
 //!
 //! It uses the real pieces end to end: a YAML config loaded by `config::load`, the daemon's
@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, Mode};
 use crate::daemon::{self, ExtraNotifier, RunContext};
 use crate::event::{EventBody, EventType};
+use crate::notify::signature::SigningKey;
 use crate::notify::{BoxFuture, Job, Notifier, Outcome};
 use crate::sim::{self, Outcome as SimOutcome, Scenario, SimDataset, SimDocument};
 use crate::wall::UnixMs;
@@ -71,28 +72,115 @@ pub fn scenario() -> Scenario {
     }
 }
 
-fn config_yaml(base_url: &str, state_dir: &std::path::Path, scenario: &Scenario) -> String {
+/// The demo receiver's Standard Webhooks secret (32 bytes).
+fn demo_secret() -> String {
+    use base64::Engine;
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(b"coze-watch demo signing key, 32b")
+    )
+}
+
+fn config_yaml(
+    base_url: &str,
+    hook_url: &str,
+    state_dir: &std::path::Path,
+    scenario: &Scenario,
+) -> String {
     let ids: Vec<String> = scenario.datasets[0]
         .documents
         .iter()
         .map(|d| format!("\"{}\"", d.id))
         .collect();
-    format!(
-        "api:\n  base_url: {base_url}\n  max_requests_per_second: 2\n\
-         poll:\n  min_interval: 1s\n  max_interval: 5s\n  stall_after: 8s\n  missing_grace: 30s\n\
-         state:\n  dir: {}\n\
-         notifiers:\n  - name: journal\n    type: log\n\
-         watch:\n  - dataset: \"{DATASET}\"\n    documents: [{}]\n    labels: {{source: demo}}\n",
-        state_dir.display(),
-        ids.join(", ")
-    )
+    let lines = [
+        "api:".to_string(),
+        format!("  base_url: {base_url}"),
+        "  max_requests_per_second: 2".into(),
+        "poll:".into(),
+        "  min_interval: 1s".into(),
+        "  max_interval: 5s".into(),
+        "  stall_after: 8s".into(),
+        "  missing_grace: 30s".into(),
+        "state:".into(),
+        format!("  dir: {}", state_dir.display()),
+        "notifiers:".into(),
+        "  - name: journal".into(),
+        "    type: log".into(),
+        "  - name: receiver".into(),
+        "    type: webhook".into(),
+        format!("    url: {hook_url}"),
+        format!("    secret: {}", demo_secret()),
+        "    retry: {initial: 1s, max: 2s, multiplier: 2}".into(),
+        "watch:".into(),
+        format!("  - dataset: \"{DATASET}\""),
+        format!("    documents: [{}]", ids.join(", ")),
+        "    labels: {source: demo}".into(),
+    ];
+    lines.join("\n") + "\n"
+}
+
+/// A local webhook receiver: checks each signature, answers the very first delivery with a
+/// deliberate 500 (to show a retry) and every other one with 200.
+struct Receiver {
+    key: SigningKey,
+    started: UnixMs,
+    accepted: Mutex<Vec<String>>,
+    requests: AtomicU64,
+    arrived: Arc<Notify>,
+}
+
+async fn receive(
+    axum::extract::State(r): axum::extract::State<Arc<Receiver>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (id, ts, sig) = (
+        h("webhook-id"),
+        h("webhook-timestamp"),
+        h("webhook-signature"),
+    );
+    let valid = ts
+        .parse::<i64>()
+        .is_ok_and(|t| r.key.sign(&id, t, &body) == sig);
+    let ty = serde_json::from_slice::<EventBody>(&body)
+        .map(|b| b.event_type.as_str())
+        .unwrap_or("?");
+    let first = r.requests.fetch_add(1, Ordering::SeqCst) == 0;
+    let status = if first || !valid { 500 } else { 200 };
+    let at = UnixMs::now().since(r.started).as_secs_f64();
+    let note = if first {
+        " (deliberate, to show a retry)"
+    } else {
+        ""
+    };
+    println!(
+        "  [{at:5.1}s] webhook    {ty} {id}: signature {} -> {status}{note}",
+        if valid { "valid" } else { "INVALID" }
+    );
+    if status == 200 {
+        r.accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id);
+        r.arrived.notify_one();
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+    }
 }
 
 /// Prints each event as it arrives and remembers when it did.
 struct Narrator {
     started: UnixMs,
     seen: Mutex<Vec<(String, EventType, UnixMs)>>,
-    arrived: Notify,
+    arrived: Arc<Notify>,
 }
 
 impl Notifier for Narrator {
@@ -152,12 +240,39 @@ pub async fn run() -> Result<(), DemoError> {
     let expected = scenario.datasets[0].documents.len();
     let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let sim = sim::start(scenario.clone(), loopback).await?;
+    let arrived = Arc::new(Notify::new());
+    let started = UnixMs::now();
+    let receiver = Arc::new(Receiver {
+        key: SigningKey::from_secret(&crate::secret::Secret::new(demo_secret()))
+            .ok_or_else(|| DemoError::Config("bad demo secret".into()))?,
+        started,
+        accepted: Mutex::new(Vec::new()),
+        requests: AtomicU64::new(0),
+        arrived: arrived.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(loopback).await?;
+    let hook_url = format!("http://{}/hook", listener.local_addr()?);
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(receiver.clone());
+    let stop_receiver = CancellationToken::new();
+    let stop = stop_receiver.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
     let state_dir = demo_dir();
     std::fs::create_dir_all(&state_dir)?;
     let config_path = state_dir.join("config.yaml");
     std::fs::write(
         &config_path,
-        config_yaml(&sim.base_url(), &state_dir.join("state"), &scenario),
+        config_yaml(
+            &sim.base_url(),
+            &hook_url,
+            &state_dir.join("state"),
+            &scenario,
+        ),
     )?;
     let token = sim.token().to_string();
     let env = move |k: &str| (k == "COZE_API_TOKEN").then(|| token.clone());
@@ -173,13 +288,16 @@ pub async fn run() -> Result<(), DemoError> {
         "  simulator: {} (dataset {DATASET}, {expected} documents)",
         sim.base_url()
     );
+    println!(
+        "  webhook:   {hook_url} (signed, Standard Webhooks; the first delivery gets a deliberate 500)"
+    );
     println!("  state dir: {}", state_dir.display());
     println!("  3 documents complete, 1 fails, 1 stalls at 10% (stall_after: 8s). Watching...\n");
 
     let narrator = Arc::new(Narrator {
-        started: UnixMs::now(),
+        started,
         seen: Mutex::new(Vec::new()),
-        arrived: Notify::new(),
+        arrived: arrived.clone(),
     });
     let shutdown = CancellationToken::new();
     let (_reload_tx, reload_rx) = mpsc::unbounded_channel();
@@ -197,11 +315,12 @@ pub async fn run() -> Result<(), DemoError> {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let count = narrator.seen.lock().map(|s| s.len()).unwrap_or(0);
-        if count >= expected {
+        let hooked = receiver.accepted.lock().map(|s| s.len()).unwrap_or(0);
+        if count >= expected && hooked >= expected {
             break;
         }
         tokio::select! {
-            _ = narrator.arrived.notified() => {}
+            _ = arrived.notified() => {}
             _ = tokio::time::sleep_until(deadline) => {
                 println!("\n  (deadline reached with {count} of {expected} events)");
                 break;
@@ -210,7 +329,13 @@ pub async fn run() -> Result<(), DemoError> {
     }
     shutdown.cancel();
     daemon.await??;
+    stop_receiver.cancel();
     report(&sim, &narrator);
+    let accepted = receiver.accepted.lock().map(|a| a.len()).unwrap_or(0);
+    println!(
+        "  webhook: {} requests, {accepted} events accepted (each once; the 500 was retried)",
+        receiver.requests.load(Ordering::SeqCst)
+    );
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&state_dir);
     Ok(())

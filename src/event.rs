@@ -153,6 +153,36 @@ impl EventBody {
         }
     }
 
+    /// The synthetic `document.completed` event of `notify-test`, marked `"test": true`.
+    pub fn test_event(now: crate::wall::UnixMs) -> Self {
+        EventBody {
+            event_type: EventType::Completed,
+            timestamp: now.rfc3339_millis(),
+            data: EventData {
+                event_id: new_event_id(),
+                dataset_id: "0".into(),
+                document_id: "0".into(),
+                document_name: Some("coze-watch-test.pdf".into()),
+                status: Some(1),
+                progress: Some(100),
+                remaining_time: Some(0),
+                status_descript: None,
+                file_type: Some("pdf".into()),
+                size: Some(0),
+                url: None,
+                update_type: Some(0),
+                update_interval: Some(0),
+                previous_status: Some(0),
+                previous_progress: Some(50),
+                reason: None,
+                watched_since: now.rfc3339_seconds(),
+                elapsed_seconds: 0.0,
+                labels: Default::default(),
+                test: true,
+            },
+        }
+    }
+
     pub fn to_json(&self) -> String {
         // Serializing plain strings and numbers cannot fail; fall back to an empty object
         // rather than panic if it ever did.

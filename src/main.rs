@@ -52,6 +52,16 @@ enum Command {
         after_help = "Examples:\n  coze-watch simulate --datasets 2 --documents-per-dataset 3 --duration 5s..30s\n  coze-watch simulate --scenario scenario.yaml --listen 127.0.0.1:8787"
     )]
     Simulate(Box<SimulateArgs>),
+    /// Send one synthetic document.completed event (marked "test": true) through notifier NAME.
+    #[command(
+        after_help = "Example:\n  coze-watch notify-test pipeline -c /etc/coze-watch/config.yaml"
+    )]
+    NotifyTest {
+        /// The notifier's name in the config.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// A zero-set-up tour: the simulator and the daemon on loopback, narrated; exits by itself.
     #[command(after_help = "Example:\n  coze-watch demo")]
     Demo,
@@ -144,6 +154,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::NotifyTest { name, config } => run_async(notify_test(name, config)),
         Command::Demo => run_async(async {
             init_logging_with("coze_watch::event=info,warn", LogFormat::Text);
             coze_watch::demo::run().await?;
@@ -285,6 +296,64 @@ fn check(args: &CheckArgs) -> ExitCode {
                 diags.errors.len()
             );
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn notify_test(name: String, args: ConfigArg) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let path = config::config_path(args.config.as_deref(), &config::process_env);
+    let loaded = match config::load(&path, &config::process_env, Mode::Strict) {
+        Ok(l) => l,
+        Err(diags) => {
+            print_problems("error", &diags.errors);
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let Some(entry) = loaded.config.notifiers.iter().find(|n| n.name == name) else {
+        let names: Vec<&str> = loaded
+            .config
+            .notifiers
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        eprintln!(
+            "error: {}: no notifier named {name:?} (notifiers: {})",
+            path.display(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let notifier = match coze_watch::notify::build(entry) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: notifier {name:?}: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let body = coze_watch::event::EventBody::test_event(coze_watch::wall::UnixMs::now());
+    let job = coze_watch::notify::Job {
+        event_id: body.data.event_id.clone(),
+        event_type: body.event_type,
+        body: body.to_json(),
+        attempt: 1,
+    };
+    match notifier.deliver(&job).await {
+        coze_watch::notify::Outcome::Delivered => {
+            println!("{name}: delivered test event {}", job.event_id);
+            Ok(ExitCode::SUCCESS)
+        }
+        coze_watch::notify::Outcome::Retry { error, .. } => {
+            println!("{name}: not delivered (would be retried): {error}");
+            Ok(ExitCode::FAILURE)
+        }
+        coze_watch::notify::Outcome::Permanent { error } => {
+            println!("{name}: not delivered (permanent): {error}");
+            Ok(ExitCode::FAILURE)
         }
     }
 }

@@ -6,7 +6,10 @@
 //! concurrency, and records every outcome in the store.
 
 pub mod dispatcher;
+pub mod exec;
 pub mod log;
+pub mod signature;
+pub mod webhook;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +19,34 @@ use crate::config::RetryPolicy;
 use crate::event::EventType;
 
 pub use dispatcher::{Dispatcher, DispatcherHandle};
+
+use std::sync::Arc;
+
+use crate::config::{NotifierConfig, NotifierKind, WebhookFormat};
+
+/// Whether this build can deliver to a notifier of this kind.
+pub fn deliverable(kind: &NotifierKind) -> bool {
+    match kind {
+        NotifierKind::Log | NotifierKind::Exec(_) => true,
+        NotifierKind::Webhook(w) => w.format == WebhookFormat::Standard,
+    }
+}
+
+/// Builds the notifier a config entry describes.
+pub fn build(config: &NotifierConfig) -> Result<Arc<dyn Notifier>, String> {
+    let name = config.name.clone();
+    match &config.kind {
+        NotifierKind::Log => Ok(Arc::new(log::LogNotifier::new(name))),
+        NotifierKind::Exec(e) => Ok(Arc::new(exec::ExecNotifier::new(name, e.clone()))),
+        NotifierKind::Webhook(w) if deliverable(&config.kind) => {
+            Ok(Arc::new(webhook::WebhookNotifier::new(name, w.clone())?))
+        }
+        NotifierKind::Webhook(w) => Err(format!(
+            "webhook format {:?} is not delivered by this build",
+            w.format
+        )),
+    }
+}
 
 /// One attempt to deliver one event to one notifier.
 #[derive(Clone, Debug)]

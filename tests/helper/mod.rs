@@ -57,3 +57,4 @@ pub async fn get_json(url: String) -> serde_json::Value {
 }
 
 pub mod daemon;
+pub mod receiver;
