@@ -8,8 +8,8 @@
 //! sees the same transition again. It never delivers anything itself (the dispatcher does).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -20,11 +20,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config, Mode, TokenSource};
+use crate::config::{self, Config, Mode, TokenSource, WatchList};
 use crate::coze::{ApiError, ClientSettings, CozeClient};
 use crate::event::{EventBody, EventType, new_event_id};
 use crate::ids::{DatasetId, DocumentId};
+use crate::metrics::Metrics;
 use crate::notify::{Dispatcher, DispatcherHandle, Notifier, deliverable};
+use crate::ops::OpsState;
 use crate::poller::{PollReport, poll_dataset};
 use crate::schedule::{self, DatasetSchedule, Failure, Processing, SchedulePolicy};
 use crate::store::{DirLock, NewEvent, Store, StoreError, StoreHandle, StoredSchedule};
@@ -38,6 +40,11 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
+    #[error("http.listen {listen}: cannot listen: {source}")]
+    Listen {
+        listen: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -67,6 +74,8 @@ pub struct RunContext {
     pub shutdown: CancellationToken,
     /// One message per SIGHUP.
     pub reload: mpsc::UnboundedReceiver<()>,
+    /// One message per SIGUSR1: look at the outbox now (`deliveries --retry` sends it).
+    pub nudge: mpsc::UnboundedReceiver<()>,
     pub extra_notifiers: Vec<ExtraNotifier>,
     /// Counts the run loop's wake-ups (idle means idle).
     pub wakeups: Arc<AtomicU64>,
@@ -90,9 +99,32 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
     tracing::info!(store = %store.path().display(), "store open");
     let store = StoreHandle::new(store);
     let client = CozeClient::new(ClientSettings::from(&config.api))?;
+    let metrics = Arc::new(Metrics::new());
+    let watch = Arc::new(RwLock::new(config.watch.clone()));
+    let ops = match config.http.as_ref() {
+        Some(http) => {
+            let state = OpsState {
+                metrics: metrics.clone(),
+                store: store.clone(),
+                watch: watch.clone(),
+            };
+            Some(
+                crate::ops::serve(http.listen, state, ctx.shutdown.clone())
+                    .await
+                    .map_err(|source| DaemonError::Listen {
+                        listen: http.listen,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     let extra = std::mem::take(&mut ctx.extra_notifiers);
-    let (dispatcher, dispatch) = Dispatcher::new(store.clone(), notifiers(&config, &extra));
+    let (dispatcher, dispatch) =
+        Dispatcher::new(store.clone(), notifiers(&config, &extra), metrics.clone());
     let mut engine = Engine {
+        metrics,
+        watch,
         policy: Policies::from(&config),
         config,
         client,
@@ -110,6 +142,7 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
     engine.prune().await;
     let on_ready = std::mem::replace(&mut ctx.on_ready, Box::new(|| {}));
     on_ready();
+    sd_notify_state(&[sd_notify::NotifyState::Ready]);
     tracing::info!(
         datasets = engine.config.watch.datasets.len(),
         documents = engine.config.watch.document_count(),
@@ -117,7 +150,11 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
         "watching"
     );
     engine.run_loop(&mut ctx).await;
+    sd_notify_state(&[sd_notify::NotifyState::Stopping]);
     let _ = dispatcher_task.await;
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
     drop(lock);
     tracing::info!("stopped");
     Ok(())
@@ -138,6 +175,9 @@ impl From<&Config> for Policies {
 }
 
 struct Engine {
+    metrics: Arc<Metrics>,
+    /// The watch list as `/status` sees it.
+    watch: Arc<RwLock<WatchList>>,
     config: Config,
     policy: Policies,
     client: Arc<CozeClient>,
@@ -161,6 +201,10 @@ impl Engine {
     async fn run_loop(&mut self, ctx: &mut RunContext) {
         let mut polls: JoinSet<PollResult> = JoinSet::new();
         let mut prune_at = Instant::now() + PRUNE_EVERY;
+        // With WATCHDOG_USEC set, the loop itself wakes at half of it and pings from here, so
+        // a stuck loop (or store) stops the pings.
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut ping_at = watchdog.map(|half| Instant::now() + half);
         loop {
             ctx.wakeups.fetch_add(1, Ordering::Relaxed);
             self.start_due_polls(&mut polls);
@@ -173,6 +217,11 @@ impl Engine {
                     Err(e) => tracing::error!(error = %e, "a poll task failed"),
                 },
                 Some(()) = ctx.reload.recv() => self.reload().await,
+                Some(()) = ctx.nudge.recv() => self.dispatch.wake(),
+                _ = sleep_until_opt(ping_at) => {
+                    self.watchdog_ping().await;
+                    ping_at = watchdog.map(|half| Instant::now() + half);
+                }
                 _ = sleep_until_opt(next) => {}
                 _ = tokio::time::sleep_until(prune_at) => {
                     self.prune().await;
@@ -253,6 +302,7 @@ impl Engine {
         self.in_flight.remove(&ds);
         let now_wall = UnixMs::now();
         let now = Instant::now();
+        self.observe_metrics(&ds, &report, started);
         for step in &report.steps {
             if let Some(n) = step.new_unknown_status {
                 tracing::warn!(dataset_id = %ds, document_id = %step.state.document_id, status = n, "unknown document status; still watching");
@@ -271,6 +321,9 @@ impl Engine {
             .store
             .call(move |s| s.commit(&states, &events, Some((&ds_for_store, stored)), now_wall))
             .await;
+        self.metrics
+            .health
+            .store_result(committed.as_ref().err().map(ToString::to_string));
         if let Err(e) = committed {
             tracing::error!(dataset_id = %ds, error = %e, "cannot record the poll; it will be redone");
             if let Some(s) = self.schedules.get_mut(&ds) {
@@ -291,10 +344,40 @@ impl Engine {
             if docs.is_empty() {
                 self.live.remove(&ds);
                 self.schedules.remove(&ds);
+                self.metrics.health.dataset_gone(&ds);
             }
         }
         if n_events > 0 {
             self.dispatch.wake();
+        }
+    }
+
+    fn observe_metrics(&self, ds: &DatasetId, report: &PollReport, started: Instant) {
+        let m = &self.metrics;
+        m.api_requests.inc_by(u64::from(report.requests));
+        m.poll_seconds.observe(started.elapsed().as_secs_f64());
+        m.poll(report.failure.is_none());
+        match &report.failure {
+            Some(e) => {
+                m.api_error(e.kind());
+                let auth = matches!(e, ApiError::Auth(_) | ApiError::Permission(_));
+                m.health.poll_failed(ds, e.to_string(), auth);
+            }
+            None => m.health.poll_ok(ds),
+        }
+        for step in &report.steps {
+            for e in &step.events {
+                m.event(e.event_type.as_str());
+            }
+        }
+    }
+
+    async fn watchdog_ping(&self) {
+        match self.store.call(|s| s.ping()).await {
+            Ok(()) => sd_notify_state(&[sd_notify::NotifyState::Watchdog]),
+            Err(e) => {
+                tracing::error!(error = %e, "store round trip failed; withholding the watchdog ping")
+            }
         }
     }
 
@@ -513,8 +596,19 @@ impl Engine {
         }
     }
 
-    /// SIGHUP: load the config again; keep the old one if the new one is invalid.
+    /// SIGHUP: load the config again; keep the old one if the new one is invalid. Tells
+    /// systemd RELOADING=1 (with MONOTONIC_USEC) before and READY=1 after, either way.
     async fn reload(&mut self) {
+        let mut reloading = vec![sd_notify::NotifyState::Reloading];
+        if let Ok(t) = sd_notify::NotifyState::monotonic_usec_now() {
+            reloading.push(t);
+        }
+        sd_notify_state(&reloading);
+        self.apply_reload().await;
+        sd_notify_state(&[sd_notify::NotifyState::Ready]);
+    }
+
+    async fn apply_reload(&mut self) {
         let path = self.config.file.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             config::load(&path, &config::process_env, Mode::Strict)
@@ -554,6 +648,9 @@ impl Engine {
             self.client.set_token(new.api.token.clone());
         }
         self.config = new;
+        if let Ok(mut w) = self.watch.write() {
+            *w = self.config.watch.clone();
+        }
         self.policy = Policies::from(&self.config);
         self.dispatch
             .set_notifiers(notifiers(&self.config, &self.extra));
@@ -589,6 +686,13 @@ fn notifiers(config: &Config, extra: &[ExtraNotifier]) -> Vec<Arc<dyn Notifier>>
     }
     out.extend(extra.iter().map(|e| e.notifier.clone()));
     out
+}
+
+/// Tells systemd (when `NOTIFY_SOCKET` is set; a no-op otherwise).
+fn sd_notify_state(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -301,9 +301,11 @@ pub async fn run() -> Result<(), DemoError> {
     });
     let shutdown = CancellationToken::new();
     let (_reload_tx, reload_rx) = mpsc::unbounded_channel();
+    let (_nudge_tx, nudge_rx) = mpsc::unbounded_channel();
     let ctx = RunContext {
         shutdown: shutdown.clone(),
         reload: reload_rx,
+        nudge: nudge_rx,
         extra_notifiers: vec![ExtraNotifier {
             notifier: narrator.clone(),
             events: vec![EventType::Completed, EventType::Failed, EventType::Stalled],

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_tokio::Signals;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,24 @@ enum Command {
         after_help = "Examples:\n  coze-watch simulate --datasets 2 --documents-per-dataset 3 --duration 5s..30s\n  coze-watch simulate --scenario scenario.yaml --listen 127.0.0.1:8787"
     )]
     Simulate(Box<SimulateArgs>),
+    /// Show what the store knows: every document with state, progress, last change and next
+    /// poll; pending and dead deliveries. Read-only: creates and changes no file.
+    #[command(
+        after_help = "Examples:\n  coze-watch status -c /etc/coze-watch/config.yaml\n  coze-watch status --json | jq '.documents[] | select(.state == \"failed\")'"
+    )]
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List dead deliveries; re-queue (--retry, --retry-dead) or drop (--drop) them. Safe while
+    /// the daemon runs (it is told to look at the outbox at once).
+    #[command(
+        after_help = "Examples:\n  coze-watch deliveries\n  coze-watch deliveries --retry evt_0191... evt_0192...\n  coze-watch deliveries --retry-dead"
+    )]
+    Deliveries(DeliveriesArgs),
     /// Send one synthetic document.completed event (marked "test": true) through notifier NAME.
     #[command(
         after_help = "Example:\n  coze-watch notify-test pipeline -c /etc/coze-watch/config.yaml"
@@ -72,6 +90,21 @@ struct ConfigArg {
     /// Config file [default: $COZE_WATCH_CONFIG, else /etc/coze-watch/config.yaml]
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DeliveriesArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Re-queue the dead deliveries of these event ids.
+    #[arg(long, value_name = "ID", num_args = 1.., conflicts_with_all = ["retry_dead", "drop"])]
+    retry: Vec<String>,
+    /// Re-queue every dead delivery.
+    #[arg(long, conflicts_with = "drop")]
+    retry_dead: bool,
+    /// Forget the dead deliveries of these event ids.
+    #[arg(long, value_name = "ID", num_args = 1..)]
+    drop: Vec<String>,
 }
 
 #[derive(Args)]
@@ -155,6 +188,8 @@ fn main() -> ExitCode {
             }
         }
         Command::NotifyTest { name, config } => run_async(notify_test(name, config)),
+        Command::Status { config, json } => status(&config, json),
+        Command::Deliveries(args) => deliveries(&args),
         Command::Demo => run_async(async {
             init_logging_with("coze_watch::event=info,warn", LogFormat::Text);
             coze_watch::demo::run().await?;
@@ -192,11 +227,14 @@ fn init_logging() {
 fn init_logging_with(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Under systemd the journal adds its own timestamps and shows no colours.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(!journal && std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
+        LogFormat::Text if journal => builder.without_time().try_init(),
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
@@ -207,6 +245,7 @@ fn init_logging_with(default: &str, format: LogFormat) {
 struct EarlySignals {
     term: Arc<AtomicBool>,
     hup: Arc<AtomicBool>,
+    usr1: Arc<AtomicBool>,
 }
 
 impl EarlySignals {
@@ -216,7 +255,9 @@ impl EarlySignals {
         signal_hook::flag::register(SIGTERM, term.clone())?;
         signal_hook::flag::register(SIGINT, term.clone())?;
         signal_hook::flag::register(SIGHUP, hup.clone())?;
-        Ok(EarlySignals { term, hup })
+        let usr1 = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(SIGUSR1, usr1.clone())?;
+        Ok(EarlySignals { term, hup, usr1 })
     }
 }
 
@@ -238,8 +279,12 @@ async fn run_daemon(args: ConfigArg, early: EarlySignals) -> anyhow::Result<Exit
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let shutdown = CancellationToken::new();
     let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+    let (nudge_tx, nudge_rx) = mpsc::unbounded_channel();
     let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
+        Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).context("installing signal handlers")?;
+    if early.usr1.swap(false, Ordering::SeqCst) {
+        let _ = nudge_tx.send(());
+    }
     if early.term.load(Ordering::SeqCst) {
         shutdown.cancel();
     }
@@ -254,6 +299,9 @@ async fn run_daemon(args: ConfigArg, early: EarlySignals) -> anyhow::Result<Exit
                     tracing::info!("SIGHUP: reloading the config");
                     let _ = reload_tx.send(());
                 }
+                SIGUSR1 => {
+                    let _ = nudge_tx.send(());
+                }
                 _ => {
                     tracing::info!(signal = sig, "stopping");
                     stop.cancel();
@@ -264,6 +312,7 @@ async fn run_daemon(args: ConfigArg, early: EarlySignals) -> anyhow::Result<Exit
     let ctx = RunContext {
         shutdown,
         reload: reload_rx,
+        nudge: nudge_rx,
         extra_notifiers: Vec::new(),
         wakeups: Arc::new(AtomicU64::new(0)),
         on_ready: Box::new(|| tracing::info!("ready")),
@@ -297,6 +346,113 @@ fn check(args: &CheckArgs) -> ExitCode {
             );
             ExitCode::from(EXIT_CONFIG)
         }
+    }
+}
+
+/// Exit code for an unusable store (sysexits EX_DATAERR).
+const EXIT_STORE: u8 = 65;
+
+/// Loads the config for the read-side commands: problems with the environment (an unset token
+/// in an operator's shell) do not stop them.
+fn load_for_inspection(args: &ConfigArg) -> Result<Config, ExitCode> {
+    let path = config::config_path(args.config.as_deref(), &config::process_env);
+    config::load(&path, &config::process_env, Mode::Lint)
+        .map(|l| l.config)
+        .map_err(|diags| {
+            print_problems("error", &diags.errors);
+            ExitCode::from(EXIT_CONFIG)
+        })
+}
+
+fn store_error(e: &coze_watch::store::StoreError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_STORE)
+}
+
+fn status(args: &ConfigArg, json: bool) -> ExitCode {
+    let config = match load_for_inspection(args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let report = coze_watch::store::Store::open_read_only(&config.state.dir).and_then(|s| {
+        coze_watch::status::snapshot(&s, Some(&config.watch), coze_watch::wall::UnixMs::now())
+    });
+    match report {
+        Ok(r) if json => match serde_json::to_string_pretty(&r) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(r) => {
+            print!("{}", coze_watch::status::render_text(&r));
+            ExitCode::SUCCESS
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+fn deliveries(args: &DeliveriesArgs) -> ExitCode {
+    let config = match load_for_inspection(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let dir = &config.state.dir;
+    let store = match coze_watch::store::Store::open_existing(dir) {
+        Ok(s) => s,
+        Err(e) => return store_error(&e),
+    };
+    let now = coze_watch::wall::UnixMs::now();
+    let changed = if args.retry_dead {
+        store
+            .requeue_dead(None, now)
+            .map(|n| format!("re-queued {n} dead deliveries"))
+    } else if !args.retry.is_empty() {
+        store
+            .requeue_dead(Some(&args.retry), now)
+            .map(|n| format!("re-queued {n} dead deliveries"))
+    } else if !args.drop.is_empty() {
+        store
+            .drop_dead(Some(&args.drop))
+            .map(|n| format!("dropped {n} dead deliveries"))
+    } else {
+        Ok(String::new())
+    };
+    match changed {
+        Ok(msg) if !msg.is_empty() => {
+            println!("{msg}");
+            if let Some(pid) = coze_watch::store::daemon_pid(dir) {
+                // Tell the running daemon to look at its outbox now.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGUSR1,
+                );
+            }
+        }
+        Ok(_) => {}
+        Err(e) => return store_error(&e),
+    }
+    match store.deliveries("dead", 1000) {
+        Ok(dead) => {
+            println!("{} dead deliveries", dead.len());
+            for d in dead {
+                println!(
+                    "  {} {} {} -> {} (attempts {}): {}",
+                    d.event_id,
+                    d.event_type,
+                    d.document_id,
+                    d.notifier,
+                    d.attempts,
+                    d.last_error.unwrap_or_default().escape_debug()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => store_error(&e),
     }
 }
 

@@ -106,6 +106,18 @@ impl DirLock {
     }
 }
 
+/// The pid of the daemon holding `dir`, if one does (read from its lock file, which is opened
+/// read-only and never created).
+pub fn daemon_pid(dir: &Path) -> Option<i32> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::open(&path).ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        // We could take it: nobody holds it.
+        Ok(_unlocked_on_drop) => None,
+        Err(_) => std::fs::read_to_string(&path).ok()?.trim().parse().ok(),
+    }
+}
+
 /// Creates the state directory with mode 0700 when it does not exist.
 pub fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
     if dir.exists() {
@@ -257,16 +269,63 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens an existing store read-only, creating nothing (for `status`).
+    /// Opens an existing store read-only, creating and changing no file (for `status`, which
+    /// may run as root: a root-owned `-wal` or `-shm` would lock the service user out).
+    ///
+    /// While a daemon runs, its `-wal` and `-shm` exist and are used as they are. When there is
+    /// no `-wal`, nobody is writing, and the database is opened as immutable, which needs
+    /// neither file.
     pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(StoreError::Dir {
+                dir: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no store at {} (has the daemon run yet?)", path.display()),
+                ),
+            });
+        }
+        let wal = dir.join(format!("{DB_FILE}-wal"));
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let uri = if wal.exists() {
+            format!("file:{}?mode=ro", uri_path(&path))
+        } else {
+            format!("file:{}?mode=ro&immutable=1", uri_path(&path))
+        };
+        let conn = Connection::open_with_flags(&uri, flags).map_err(|e| classify(&path, e))?;
+        let store = Store { conn, path };
+        store
+            .conn
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(|e| store.err(e))?;
+        store.check_version(false)?;
+        Ok(store)
+    }
+
+    /// Opens an existing store for writing without creating or migrating anything (for
+    /// `deliveries`, safe while the daemon runs: SQLite serialises the writers).
+    pub fn open_existing(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join(DB_FILE);
         let conn = Connection::open_with_flags(
             &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| classify(&path, e))?;
         let store = Store { conn, path };
-        store.check_version(false)?;
+        store
+            .conn
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(|e| store.err(e))?;
+        let version = store.check_version(false)?;
+        if version != SCHEMA_VERSION {
+            return Err(StoreError::Corrupt {
+                path: store.path.clone(),
+                detail: format!("schema version {version}; start the daemon once to migrate it"),
+            });
+        }
         Ok(store)
     }
 
@@ -710,6 +769,74 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    /// Dead deliveries of the given events (all of them when `event_ids` is `None`) become
+    /// pending again, due now, with a fresh attempt count.
+    pub fn requeue_dead(
+        &self,
+        event_ids: Option<&[String]>,
+        now: UnixMs,
+    ) -> Result<usize, StoreError> {
+        self.for_dead(event_ids, |conn, seq| {
+            conn.execute(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?2,
+                        last_error = NULL, updated_at = ?2
+                 WHERE event_seq = ?1 AND status = 'dead'",
+                params![seq, now.0],
+            )
+        })
+    }
+
+    /// Forgets dead deliveries of the given events (all of them when `event_ids` is `None`).
+    pub fn drop_dead(&self, event_ids: Option<&[String]>) -> Result<usize, StoreError> {
+        self.for_dead(event_ids, |conn, seq| {
+            conn.execute(
+                "DELETE FROM deliveries WHERE event_seq = ?1 AND status = 'dead'",
+                params![seq],
+            )
+        })
+    }
+
+    fn for_dead(
+        &self,
+        event_ids: Option<&[String]>,
+        f: impl Fn(&Connection, i64) -> rusqlite::Result<usize>,
+    ) -> Result<usize, StoreError> {
+        let seqs: Vec<i64> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT DISTINCT d.event_seq, e.event_id FROM deliveries d
+                     JOIN events e ON e.seq = d.event_seq WHERE d.status = 'dead'",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .map_err(|e| self.err(e))?;
+            let all: Vec<(i64, String)> =
+                rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
+            all.into_iter()
+                .filter(|(_, id)| event_ids.is_none_or(|ids| ids.contains(id)))
+                .map(|(seq, _)| seq)
+                .collect()
+        };
+        let mut n = 0;
+        for seq in seqs {
+            n += f(&self.conn, seq).map_err(|e| self.err(e))?;
+        }
+        Ok(n)
+    }
+
+    /// How many deliveries are pending and dead.
+    pub fn outbox_depth(&self) -> Result<(u64, u64), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT coalesce(sum(status = 'pending'), 0), coalesce(sum(status = 'dead'), 0) FROM deliveries",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64)),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// The state of one document, if known.
     pub fn document(
         &self,
@@ -752,6 +879,15 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// A path for an SQLite `file:` URI: `%`, `?` and `#` escaped.
+fn uri_path(p: &Path) -> String {
+    p.display()
+        .to_string()
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23")
 }
 
 /// Sorts SQLite errors: a database that is not one, or is damaged, is `Corrupt`.

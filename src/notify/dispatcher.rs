@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Job, Notifier, Outcome, retry_delay};
 use crate::config::RetryPolicy;
+use crate::metrics::Metrics;
 use crate::store::{Delivery, StoreHandle};
 use crate::wall::UnixMs;
 
@@ -43,6 +44,7 @@ fn entries(list: Vec<Arc<dyn Notifier>>) -> HashMap<String, Entry> {
 
 pub struct Dispatcher {
     store: StoreHandle,
+    metrics: Arc<Metrics>,
     notifiers: HashMap<String, Entry>,
     wake: Arc<Notify>,
     updates: mpsc::UnboundedReceiver<Vec<Arc<dyn Notifier>>>,
@@ -71,11 +73,16 @@ impl DispatcherHandle {
 type TaskResult = (Delivery, Outcome);
 
 impl Dispatcher {
-    pub fn new(store: StoreHandle, notifiers: Vec<Arc<dyn Notifier>>) -> (Self, DispatcherHandle) {
+    pub fn new(
+        store: StoreHandle,
+        notifiers: Vec<Arc<dyn Notifier>>,
+        metrics: Arc<Metrics>,
+    ) -> (Self, DispatcherHandle) {
         let wake = Arc::new(Notify::new());
         let (tx, rx) = mpsc::unbounded_channel();
         let d = Dispatcher {
             store,
+            metrics,
             notifiers: entries(notifiers),
             wake: wake.clone(),
             updates: rx,
@@ -205,7 +212,8 @@ impl Dispatcher {
             .get(&delivery.notifier)
             .map(|e| e.retry.clone())
             .unwrap_or_else(RetryPolicy::webhook_default);
-        record(&self.store, delivery, outcome, &retry).await;
+        let result = record(&self.store, delivery.clone(), outcome, &retry).await;
+        self.metrics.delivery(&delivery.notifier, result);
     }
 }
 
@@ -216,14 +224,21 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Records an attempt's outcome: delivered, retried later, or dead.
-async fn record(store: &StoreHandle, d: Delivery, outcome: Outcome, policy: &RetryPolicy) {
+/// Records an attempt's outcome: delivered, retried later, or dead. Returns which.
+async fn record(
+    store: &StoreHandle,
+    d: Delivery,
+    outcome: Outcome,
+    policy: &RetryPolicy,
+) -> &'static str {
     let now = UnixMs::now();
     let attempts = d.attempts + 1;
     let (seq, notifier) = (d.seq, d.notifier.clone());
     let span = tracing::info_span!("delivery", notifier = %d.notifier, event_id = %d.event_id, document_id = %d.document_id);
+    let mut label = "dead";
     let result = match outcome {
         Outcome::Delivered => {
+            label = "delivered";
             store
                 .call(move |s| s.record_delivered(seq, &notifier, attempts, now))
                 .await
@@ -245,6 +260,7 @@ async fn record(store: &StoreHandle, d: Delivery, outcome: Outcome, policy: &Ret
                     .call(move |s| s.record_dead(seq, &notifier, attempts, &why, now))
                     .await
             } else {
+                label = "retry";
                 let delay = retry_delay(policy, attempts, retry_after);
                 span.in_scope(|| {
                     tracing::warn!(attempts, error = %error, retry_in = %humantime::format_duration(delay), "delivery failed; will retry")
@@ -265,4 +281,5 @@ async fn record(store: &StoreHandle, d: Delivery, outcome: Outcome, policy: &Ret
     if let Err(e) = result {
         tracing::error!(error = %e, "cannot record a delivery outcome; it stays pending and will be redone");
     }
+    label
 }

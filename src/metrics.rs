@@ -1,0 +1,295 @@
+//! Counters and gauges the daemon exposes on `/metrics` (Prometheus text), every name prefixed
+//! `coze_watch_`, and the health state behind `/healthz`.
+//!
+//! The run loop and the dispatcher only increment; gauges that describe the store (documents by
+//! state, outbox depth) are read from the store at scrape time by `ops`. Nothing here does I/O.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::ids::DatasetId;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabel {
+    pub notifier: String,
+    pub result: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub polls: Family<ResultLabel, Counter>,
+    pub poll_seconds: Histogram,
+    pub api_requests: Counter,
+    pub api_errors: Family<KindLabel, Counter>,
+    pub events: Family<TypeLabel, Counter>,
+    pub deliveries: Family<DeliveryLabel, Counter>,
+    pub documents: Family<StateLabel, Gauge>,
+    pub outbox_pending: Gauge,
+    pub outbox_dead: Gauge,
+    pub healthy: Gauge,
+    pub health: Health,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("coze_watch");
+        let m = Metrics {
+            polls: Family::default(),
+            poll_seconds: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            api_requests: Counter::default(),
+            api_errors: Family::default(),
+            events: Family::default(),
+            deliveries: Family::default(),
+            documents: Family::default(),
+            outbox_pending: Gauge::default(),
+            outbox_dead: Gauge::default(),
+            healthy: Gauge::default(),
+            health: Health::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "polls",
+            "Polls of a dataset, by result (ok, error)",
+            m.polls.clone(),
+        );
+        registry.register(
+            "poll_duration_seconds",
+            "Time one poll of a dataset took, requests included",
+            m.poll_seconds.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Requests sent to the Coze API",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "api_errors",
+            "Failed Coze API requests by kind (auth, permission, dataset_not_found, rate_limited, bad_request, transient)",
+            m.api_errors.clone(),
+        );
+        registry.register("events", "Events fired, by type", m.events.clone());
+        registry.register(
+            "deliveries",
+            "Delivery attempts by notifier and result (delivered, retry, dead)",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "documents",
+            "Watched documents by state",
+            m.documents.clone(),
+        );
+        registry.register(
+            "outbox_pending",
+            "Deliveries waiting to be made or retried",
+            m.outbox_pending.clone(),
+        );
+        registry.register(
+            "outbox_dead",
+            "Deliveries that gave up",
+            m.outbox_dead.clone(),
+        );
+        registry.register("healthy", "1 when /healthz answers 200", m.healthy.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn poll(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.polls
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn api_error(&self, kind: &str) {
+        self.api_errors
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn event(&self, ty: &str) {
+        self.events
+            .get_or_create(&TypeLabel { r#type: ty.into() })
+            .inc();
+    }
+
+    pub fn delivery(&self, notifier: &str, result: &str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabel {
+                notifier: notifier.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Prometheus text exposition of everything registered.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Whether polls succeed, and if not, why.
+#[derive(Debug, Default)]
+pub struct Health {
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// The token is refused: nothing works until it is fixed.
+    auth: Option<String>,
+    /// Datasets whose last poll failed, with the error.
+    failing: BTreeMap<DatasetId, String>,
+    /// Datasets polled at least once.
+    polled: BTreeMap<DatasetId, ()>,
+    store: Option<String>,
+}
+
+impl Health {
+    fn with<R>(&self, f: impl FnOnce(&mut HealthState) -> R) -> R {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn poll_ok(&self, dataset: &DatasetId) {
+        self.with(|s| {
+            s.auth = None;
+            s.failing.remove(dataset);
+            s.polled.insert(dataset.clone(), ());
+        });
+    }
+
+    pub fn poll_failed(&self, dataset: &DatasetId, error: String, auth: bool) {
+        self.with(|s| {
+            if auth {
+                s.auth = Some(error.clone());
+            }
+            s.failing.insert(dataset.clone(), error);
+            s.polled.insert(dataset.clone(), ());
+        });
+    }
+
+    pub fn dataset_gone(&self, dataset: &DatasetId) {
+        self.with(|s| {
+            s.failing.remove(dataset);
+            s.polled.remove(dataset);
+        });
+    }
+
+    pub fn store_result(&self, error: Option<String>) {
+        self.with(|s| s.store = error);
+    }
+
+    /// `None` when healthy, else the reasons. Unhealthy when the token is refused, the store
+    /// fails, or every polled dataset's last poll failed.
+    pub fn problems(&self) -> Option<String> {
+        self.with(|s| {
+            let mut reasons = Vec::new();
+            if let Some(a) = &s.auth {
+                reasons.push(format!("API token refused: {a}"));
+            }
+            if let Some(e) = &s.store {
+                reasons.push(format!("store: {e}"));
+            }
+            if s.auth.is_none() && !s.polled.is_empty() && s.failing.len() == s.polled.len() {
+                for (ds, e) in &s.failing {
+                    reasons.push(format!("dataset {ds}: {e}"));
+                }
+            }
+            (!reasons.is_empty()).then(|| reasons.join("\n"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_prefixed_and_counters_count() {
+        let m = Metrics::new();
+        m.poll(true);
+        m.api_error("auth");
+        m.delivery("hook", "delivered");
+        let text = m.encode();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            assert!(line.starts_with("coze_watch_"), "{line}");
+        }
+        assert!(
+            text.contains("coze_watch_polls_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("coze_watch_api_errors_total{kind=\"auth\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("coze_watch_deliveries_total{notifier=\"hook\",result=\"delivered\"} 1")
+        );
+    }
+
+    #[test]
+    fn health_turns_bad_on_auth_and_recovers() {
+        let h = Health::default();
+        let ds = DatasetId::new("1");
+        assert!(h.problems().is_none());
+        h.poll_failed(&ds, "4100".into(), true);
+        assert!(h.problems().unwrap().contains("API token refused"));
+        h.poll_ok(&ds);
+        assert!(h.problems().is_none());
+        let other = DatasetId::new("2");
+        h.poll_ok(&other);
+        h.poll_failed(&ds, "HTTP 502".into(), false);
+        assert!(
+            h.problems().is_none(),
+            "one dataset of two failing is not unhealthy"
+        );
+        h.poll_failed(&other, "HTTP 502".into(), false);
+        assert!(h.problems().is_some());
+    }
+}

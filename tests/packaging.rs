@@ -1,0 +1,511 @@
+//! Production packaging: the systemd unit, sd_notify, the ops endpoint, `status`,
+//! `deliveries` and JSON logs, against the real binary.
+
+mod helper;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use coze_watch::sim::{Injection, Outcome};
+use helper::daemon::{Daemon, FAST_POLL, Workdir, watch};
+use helper::receiver::{Receiver, Reply, reserve_port};
+use helper::{doc, http, scenario, start_sim};
+use nix::sys::signal::Signal;
+
+const DS: &str = "7400000000000000001";
+const A: &str = "7500000000000000001";
+const B: &str = "7500000000000000002";
+const C: &str = "7500000000000000003";
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_coze-watch")
+}
+
+fn systemd_analyze_available() -> bool {
+    let found = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "systemd-analyze is missing on CI; .ci/run must install it"
+        );
+        eprintln!("skipping: systemd-analyze is not installed");
+    }
+    found
+}
+
+#[test]
+fn the_unit_verifies_and_scores_at_most_1_5() {
+    if !systemd_analyze_available() {
+        return;
+    }
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/coze-watch.service"),
+    )
+    .unwrap();
+    for needed in [
+        "Type=notify",
+        "WatchdogSec=",
+        "ExecReload=",
+        "DynamicUser=yes",
+        "StateDirectory=coze-watch",
+        "ConfigurationDirectory=coze-watch",
+        "LoadCredential=coze-token",
+        "RestartPreventExitStatus=65 78",
+        "TimeoutStopSec=30s",
+        "After=network-online.target time-sync.target",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=\n",
+        "SystemCallFilter=@system-service",
+    ] {
+        assert!(unit.contains(needed), "the unit lacks {needed:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("coze-watch.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/coze-watch", bin())).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(verify.status.success(), "verify failed: {said}");
+    assert!(said.trim().is_empty(), "verify reported: {said}");
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&security.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for coze-watch.service:")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no score in: {text}"));
+    assert!(score <= 1.5, "exposure {score}:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd_notify_says_ready_reloading_watchdog_and_stopping() {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 600, Outcome::Completed)])])).await;
+    let work = Workdir::new();
+    work.write_config(&sim.base_url(), FAST_POLL, &watch(DS, &[A]));
+    let sock_path = work.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let sock_env = sock_path.display().to_string();
+    let mut d = Daemon::start_with(
+        &work,
+        &[("NOTIFY_SOCKET", &sock_env), ("WATCHDOG_USEC", "400000")],
+    );
+    let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = messages.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + SECS(30);
+        while Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                let stop = m.contains("STOPPING=1");
+                sink.lock().unwrap().push(m);
+                if stop {
+                    return;
+                }
+            }
+        }
+    });
+    let got = |m: &str| {
+        messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|x| x.contains(m))
+            .count()
+    };
+    wait_until("READY=1", SECS(10), || got("READY=1") >= 1).await;
+    wait_until("watchdog pings", SECS(10), || got("WATCHDOG=1") >= 3).await;
+    d.signal(Signal::SIGHUP);
+    wait_until("READY=1 after the reload", SECS(10), || got("READY=1") >= 2).await;
+    d.stop().await;
+    reader.join().unwrap();
+    let all = messages.lock().unwrap().clone();
+    assert!(all[0].contains("READY=1"), "READY first: {all:?}");
+    let reloading = all
+        .iter()
+        .position(|m| m.contains("RELOADING=1"))
+        .expect("RELOADING=1");
+    assert!(all[reloading].contains("MONOTONIC_USEC="), "{all:?}");
+    let ready_again = all.iter().rposition(|m| m.contains("READY=1")).unwrap();
+    assert!(
+        ready_again > reloading,
+        "READY=1 after RELOADING=1: {all:?}"
+    );
+    assert!(all.last().unwrap().contains("STOPPING=1"), "{all:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_turns_503_on_a_refused_token_and_back_to_200() {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 600, Outcome::Completed)])])).await;
+    let listen = reserve_port();
+    let work = Workdir::new();
+    let rest = format!("http:\n  listen: {listen}\n{}", watch(DS, &[A]));
+    work.write_config(&sim.base_url(), FAST_POLL, &rest);
+    let mut d = Daemon::start(&work);
+    let health = || async {
+        let r = http()
+            .get(format!("http://{listen}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    d.wait_for("watching", SECS(10)).await;
+    wait_until("a first good poll", SECS(10), || sim.stats().ok >= 1).await;
+    assert_eq!(health().await.0, 200);
+    let refuse = Injection::Status {
+        http: 401,
+        code: Some(4100),
+        retry_after_secs: None,
+    };
+    sim.inject(vec![refuse.clone(), refuse.clone(), refuse]);
+    let deadline = Instant::now() + SECS(15);
+    let (code, body) = loop {
+        let (code, body) = health().await;
+        if code == 503 || Instant::now() > deadline {
+            break (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, 503);
+    assert!(body.contains("API token refused"), "{body}");
+    let deadline = Instant::now() + SECS(20);
+    while health().await.0 != 200 {
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.stop().await;
+    sim.shutdown().await;
+}
+
+/// Every sample line of a Prometheus text exposition: name -> value (labels kept in the name).
+fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            assert!(
+                line.is_empty()
+                    || line.starts_with("# HELP ")
+                    || line.starts_with("# TYPE ")
+                    || line.starts_with("# UNIT ")
+                    || line == "# EOF",
+                "bad comment line {line:?}"
+            );
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        assert!(name.starts_with("coze_watch_"), "{line}");
+        out.insert(name.to_string(), value);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move_with_polls_and_deliveries() {
+    let sim = start_sim(scenario(vec![(
+        DS,
+        vec![
+            doc(A, 1, Outcome::Completed),
+            doc(B, 600, Outcome::Completed),
+        ],
+    )]))
+    .await;
+    let listen = reserve_port();
+    let work = Workdir::new();
+    let rest = format!("http:\n  listen: {listen}\n{}", watch(DS, &[A, B]));
+    work.write_config(&sim.base_url(), FAST_POLL, &rest);
+    let mut d = Daemon::start(&work);
+    let scrape = || async {
+        let text = http()
+            .get(format!("http://{listen}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        parse_prometheus(&text)
+    };
+    d.wait_for(&format!("document.completed {A}"), SECS(15))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = scrape().await;
+    let polls = |m: &BTreeMap<String, f64>| {
+        m.get("coze_watch_polls_total{result=\"ok\"}")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert!(polls(&first) >= 2.0, "{first:#?}");
+    assert_eq!(
+        first["coze_watch_events_total{type=\"document.completed\"}"],
+        1.0
+    );
+    assert_eq!(
+        first["coze_watch_deliveries_total{notifier=\"journal\",result=\"delivered\"}"],
+        1.0
+    );
+    assert_eq!(first["coze_watch_documents{state=\"completed\"}"], 1.0);
+    assert_eq!(first["coze_watch_documents{state=\"watching\"}"], 1.0);
+    assert_eq!(first["coze_watch_outbox_pending"], 0.0);
+    assert_eq!(first["coze_watch_healthy"], 1.0);
+    assert!(first["coze_watch_api_requests_total"] >= 2.0);
+    wait_until("another poll", SECS(15), || {
+        sim.stats().requests as f64 > first["coze_watch_api_requests_total"]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = scrape().await;
+    assert!(polls(&second) > polls(&first), "polls did not move");
+    d.stop().await;
+    sim.shutdown().await;
+}
+
+fn listing(dir: &Path) -> Vec<(String, u32, u64)> {
+    let mut v: Vec<(String, u32, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                m.permissions().mode(),
+                std::os::unix::fs::MetadataExt::uid(&m) as u64,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn cli(work: &Workdir, args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .arg("-c")
+        .arg(work.config_path())
+        .env_clear()
+        .env("HOME", work.path())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_matches_what_happened_and_changes_no_file() {
+    let sim = start_sim(scenario(vec![(
+        DS,
+        vec![
+            doc(A, 1, Outcome::Completed),
+            doc(B, 1, Outcome::Failed),
+            doc(C, 600, Outcome::Completed),
+        ],
+    )]))
+    .await;
+    let work = Workdir::new();
+    work.write_config(&sim.base_url(), FAST_POLL, &watch(DS, &[A, B, C]));
+    let mut d = Daemon::start(&work);
+    d.wait_for(&format!("document.completed {A}"), SECS(15))
+        .await;
+    d.wait_for(&format!("document.failed {B}"), SECS(15)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let before = listing(&work.state_dir());
+    let out = tokio::task::spawn_blocking({
+        let cfg = work.config_path();
+        let home = work.path().to_path_buf();
+        move || {
+            Command::new(bin())
+                .args(["status", "--json", "-c"])
+                .arg(cfg)
+                .env_clear()
+                .env("HOME", home)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let state_of = |id: &str| {
+        v["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["document_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(state_of(A)["state"], "completed");
+    assert_eq!(state_of(A)["progress"], 100);
+    assert!(state_of(A)["next_poll"].is_null());
+    assert_eq!(state_of(B)["state"], "failed");
+    assert_eq!(state_of(B)["reason"], "parse error: encrypted pdf");
+    assert_eq!(state_of(C)["state"], "watching");
+    assert!(state_of(C)["next_poll"].is_string());
+    assert_eq!(v["counts"]["completed"], 1);
+    assert_eq!(v["counts"]["failed"], 1);
+    assert_eq!(v["counts"]["watching"], 1);
+    assert_eq!(v["pending_deliveries"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        listing(&work.state_dir()),
+        before,
+        "status changed the state dir (daemon running)"
+    );
+
+    d.stop().await;
+    let stopped = listing(&work.state_dir());
+    let out = cli(&work, &["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("3 documents (1 completed, 1 failed, 1 watching)"),
+        "{table}"
+    );
+    assert_eq!(
+        listing(&work.state_dir()),
+        stopped,
+        "status changed the state dir (daemon stopped)"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_delivery_requeued_with_deliveries_retry_is_delivered() {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
+    let rx = Receiver::start(vec![Reply::Status(410)]).await;
+    let work = Workdir::new();
+    let rest = format!(
+        "  - name: hook\n    type: webhook\n    url: {}\n{}",
+        rx.url("/h"),
+        watch(DS, &[A])
+    );
+    work.write_config(&sim.base_url(), FAST_POLL, &rest);
+    let mut d = Daemon::start(&work);
+    d.wait_for("delivery is dead", SECS(15)).await;
+    let event_id = rx.requests()[0].header("webhook-id").to_string();
+    let work_dir = work.path().to_path_buf();
+    let cfg = work.config_path();
+    let listed = tokio::task::spawn_blocking(move || {
+        Command::new(bin())
+            .args(["deliveries", "-c"])
+            .arg(&cfg)
+            .env_clear()
+            .env("HOME", &work_dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(text.contains("1 dead deliveries"), "{text}");
+    assert!(text.contains(&event_id), "{text}");
+    let work_dir = work.path().to_path_buf();
+    let cfg = work.config_path();
+    let id = event_id.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin())
+            .args(["deliveries", "--retry", &id, "-c"])
+            .arg(&cfg)
+            .env_clear()
+            .env("HOME", &work_dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-queued 1 dead deliveries"));
+    wait_until("the re-queued delivery", SECS(10), || {
+        rx.requests().len() >= 2
+    })
+    .await;
+    let second = &rx.requests()[1];
+    assert_eq!(second.header("webhook-id"), event_id);
+    assert_eq!(second.answered, 200);
+    d.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
+    let work = Workdir::new();
+    let rest = format!("log:\n  format: json\n{}", watch(DS, &[A]));
+    work.write_config(&sim.base_url(), FAST_POLL, &rest);
+    let mut d = Daemon::start(&work);
+    d.wait_for("document.completed", SECS(15)).await;
+    d.stop().await;
+    let lines = d.lines();
+    assert!(lines.len() > 3);
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string(), "{l}");
+    }
+    let event = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["event"] == "document.completed")
+        .unwrap();
+    assert_eq!(event["document_id"], A);
+    sim.shutdown().await;
+}
+
+#[test]
+fn status_without_a_store_exits_65_and_creates_nothing() {
+    let work = Workdir::new();
+    work.write_config("http://127.0.0.1:9", FAST_POLL, &watch(DS, &[A]));
+    let out = cli(&work, &["status"]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no store at"));
+    assert!(!work.state_dir().exists(), "status created the state dir");
+}
