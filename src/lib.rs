@@ -31,4 +31,5 @@ pub mod sim;
 pub mod status;
 pub mod store;
 pub mod tracker;
+pub mod wait;
 pub mod wall;

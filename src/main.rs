@@ -47,6 +47,14 @@ enum Command {
         after_help = "Example:\n  coze-watch check -c /etc/coze-watch/config.yaml\n  coze-watch check --lint -c config.example.yaml"
     )]
     Check(CheckArgs),
+    /// Poll until every document is terminal: progress bars on a terminal, one line per change
+    /// otherwise. Exit 0 all completed, 1 any failed or missing, 3 timed out, 4 API unusable
+    /// (auth, permission, dataset not found), 130 interrupted. The token comes from
+    /// $COZE_API_TOKEN.
+    #[command(
+        after_help = "Examples:\n  COZE_API_TOKEN=pat_... coze-watch wait 7442585813587000000 7442585813587000001 7442585813668000002 --timeout 30m\n  coze-watch wait $DATASET $DOC --json --quiet > result.json"
+    )]
+    Wait(WaitArgs),
     /// Run the built-in Coze API simulator on loopback.
     #[command(
         after_help = "Examples:\n  coze-watch simulate --datasets 2 --documents-per-dataset 3 --duration 5s..30s\n  coze-watch simulate --scenario scenario.yaml --listen 127.0.0.1:8787"
@@ -90,6 +98,31 @@ struct ConfigArg {
     /// Config file [default: $COZE_WATCH_CONFIG, else /etc/coze-watch/config.yaml]
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct WaitArgs {
+    /// The dataset (knowledge base) id.
+    dataset_id: String,
+    /// The document ids to wait for.
+    #[arg(required = true)]
+    document_ids: Vec<String>,
+    /// Give up after this long (exit 3), e.g. 30m.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Print the final states as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress output.
+    #[arg(long)]
+    quiet: bool,
+    /// API base URL [default: $COZE_API_BASE, else https://api.coze.cn].
+    #[arg(long, value_name = "URL")]
+    base_url: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 30m, 1h 30m)"))
 }
 
 #[derive(Args)]
@@ -189,6 +222,7 @@ fn main() -> ExitCode {
         }
         Command::NotifyTest { name, config } => run_async(notify_test(name, config)),
         Command::Status { config, json } => status(&config, json),
+        Command::Wait(args) => run_async(wait(args)),
         Command::Deliveries(args) => deliveries(&args),
         Command::Demo => run_async(async {
             init_logging_with("coze_watch::event=info,warn", LogFormat::Text);
@@ -347,6 +381,70 @@ fn check(args: &CheckArgs) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
+    use coze_watch::wait::{self, Display, WaitOptions};
+    let usage = |msg: String| {
+        eprintln!("error: {msg}");
+        Ok(ExitCode::from(wait::exit::USAGE))
+    };
+    let Some(token) = config::process_env("COZE_API_TOKEN").filter(|t| !t.trim().is_empty()) else {
+        return usage("COZE_API_TOKEN is not set: export the API token (it needs the readDocumentProgress permission)".into());
+    };
+    let base = config::base_url_choice(args.base_url.as_deref(), None, &config::process_env);
+    let base_url = match url::Url::parse(&base) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+        _ => {
+            return usage(format!(
+                "base URL {}: not an absolute http(s) URL",
+                coze_watch::redact::url(&base)
+            ));
+        }
+    };
+    for id in std::iter::once(&args.dataset_id).chain(&args.document_ids) {
+        if id.trim().is_empty() || id.trim() != id {
+            return usage(format!("{id:?} is not an id"));
+        }
+    }
+    let display = if args.quiet {
+        Display::Quiet
+    } else if std::io::stderr().is_terminal() {
+        Display::Bars
+    } else {
+        Display::Lines
+    };
+    let interrupt = CancellationToken::new();
+    let stop = interrupt.clone();
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    tokio::spawn(async move {
+        if signals.next().await.is_some() {
+            stop.cancel();
+        }
+    });
+    let opts = WaitOptions {
+        dataset: coze_watch::ids::DatasetId::new(&args.dataset_id),
+        documents: args
+            .document_ids
+            .iter()
+            .map(coze_watch::ids::DocumentId::new)
+            .collect(),
+        timeout: args.timeout,
+        base_url,
+        token: coze_watch::secret::Secret::new(token.trim()),
+        display,
+    };
+    let report = match wait::run(opts, interrupt).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(ExitCode::from(report.exit_code))
 }
 
 /// Exit code for an unusable store (sysexits EX_DATAERR).

@@ -21,6 +21,9 @@ pub struct PollReport {
     pub failure: Option<ApiError>,
     /// Requests sent, including bisections and confirmations.
     pub requests: u32,
+    /// The dataset was not found (4200). Its documents were observed as absent; the daemon
+    /// lets the missing rules decide, `wait` gives up.
+    pub dataset_not_found: Option<ApiError>,
 }
 
 impl PollReport {
@@ -123,6 +126,7 @@ fn note_error(
         for id in asked {
             seen.insert(id.clone(), Seen::DatasetNotFound { confirming });
         }
+        report.dataset_not_found.get_or_insert(e);
         return;
     }
     if report.failure.is_none() {

@@ -152,6 +152,27 @@ pub struct PollConfig {
     pub progress_step: u8,
 }
 
+impl Default for PollConfig {
+    /// The defaults of SPEC section 3, also what `wait` polls with.
+    fn default() -> Self {
+        PollConfig {
+            min_interval: Duration::from_secs(2),
+            max_interval: Duration::from_secs(120),
+            jitter: 0.1,
+            error_backoff: BackoffConfig {
+                initial: Duration::from_secs(2),
+                max: Duration::from_secs(300),
+                multiplier: 2.0,
+            },
+            stall_after: Duration::from_secs(30 * 60),
+            give_up_after: Duration::from_secs(24 * 3600),
+            missing_after: 5,
+            missing_grace: Duration::from_secs(600),
+            progress_step: 10,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackoffConfig {
     pub initial: Duration,

@@ -323,17 +323,18 @@ fn resolve_api(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawApi) ->
 }
 
 fn resolve_poll(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawPoll) -> PollConfig {
+    let d = PollConfig::default();
     let min_interval = ctx.positive_duration(
         src,
         &path.key("min_interval"),
         raw.min_interval.as_ref(),
-        Duration::from_secs(2),
+        d.min_interval,
     );
     let max_interval = ctx.positive_duration(
         src,
         &path.key("max_interval"),
         raw.max_interval.as_ref(),
-        Duration::from_secs(120),
+        d.max_interval,
     );
     if min_interval > max_interval {
         ctx.error(
@@ -347,7 +348,7 @@ fn resolve_poll(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawPoll) 
         );
     }
     let jitter = match raw.jitter {
-        None => 0.1,
+        None => d.jitter,
         Some(j) if (0.0..=1.0).contains(&j) => j,
         Some(j) => {
             ctx.error(
@@ -355,7 +356,7 @@ fn resolve_poll(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawPoll) 
                 &path.key("jitter"),
                 format!("{j} must be between 0 and 1 (0.1 = +10 %)"),
             );
-            0.1
+            d.jitter
         }
     };
     let default_backoff = RawBackoff::default();
@@ -369,33 +370,33 @@ fn resolve_poll(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawPoll) 
         src,
         &path.key("stall_after"),
         raw.stall_after.as_ref(),
-        Duration::from_secs(30 * 60),
+        d.stall_after,
     );
     let give_up_after = ctx.positive_duration(
         src,
         &path.key("give_up_after"),
         raw.give_up_after.as_ref(),
-        Duration::from_secs(24 * 3600),
+        d.give_up_after,
     );
     let missing_after = ctx.count(
         src,
         &path.key("missing_after"),
         raw.missing_after,
         1..=1000,
-        5,
+        u64::from(d.missing_after),
     ) as u32;
     let missing_grace = ctx.duration(
         src,
         &path.key("missing_grace"),
         raw.missing_grace.as_ref(),
-        Duration::from_secs(600),
+        d.missing_grace,
     );
     let progress_step = ctx.count(
         src,
         &path.key("progress_step"),
         raw.progress_step,
         1..=100,
-        10,
+        u64::from(d.progress_step),
     ) as u8;
     PollConfig {
         min_interval,
@@ -416,22 +417,19 @@ fn resolve_backoff(
     path: &KeyPath,
     raw: &RawBackoff,
 ) -> BackoffConfig {
-    let initial = ctx.positive_duration(
-        src,
-        &path.key("initial"),
-        raw.initial.as_ref(),
-        Duration::from_secs(2),
-    );
-    let max = ctx.positive_duration(
-        src,
-        &path.key("max"),
-        raw.max.as_ref(),
-        Duration::from_secs(300),
-    );
+    let d = PollConfig::default().error_backoff;
+    let initial = ctx.positive_duration(src, &path.key("initial"), raw.initial.as_ref(), d.initial);
+    let max = ctx.positive_duration(src, &path.key("max"), raw.max.as_ref(), d.max);
     if initial > max {
         ctx.error(src, &path.key("initial"), "initial is greater than max");
     }
-    let multiplier = multiplier(ctx, src, &path.key("multiplier"), raw.multiplier, 2.0);
+    let multiplier = multiplier(
+        ctx,
+        src,
+        &path.key("multiplier"),
+        raw.multiplier,
+        d.multiplier,
+    );
     BackoffConfig {
         initial,
         max,

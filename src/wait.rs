@@ -1,0 +1,411 @@
+//! `coze-watch wait`: block until every listed document of one dataset is terminal, showing
+//! progress, and exit with a code a pipeline can branch on.
+//!
+//! It polls with the daemon's pieces (the client and its rate limiter, `poller::poll_dataset`,
+//! the tracker, the schedule) and keeps state only in memory. It owns the progress display and
+//! the verdict; it never touches a store.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::RngExt;
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::config::PollConfig;
+use crate::coze::{ApiError, ClientSettings, CozeClient};
+use crate::ids::{DatasetId, DocumentId};
+use crate::poller::{PollReport, poll_dataset};
+use crate::schedule::{DatasetSchedule, Failure, Processing, SchedulePolicy};
+use crate::secret::Secret;
+use crate::tracker::{DocState, Lifecycle, Step, TrackerPolicy};
+use crate::wall::UnixMs;
+
+/// How long `wait` keeps retrying an answer that says the API is unusable before exit 4.
+const UNUSABLE_RETRIES: usize = 2;
+
+/// Exit codes of `wait` (SPEC section 2).
+pub mod exit {
+    pub const COMPLETED: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const TIMED_OUT: u8 = 3;
+    pub const API_UNUSABLE: u8 = 4;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Display {
+    /// Progress bars (stderr is a terminal).
+    Bars,
+    /// One plain line per change.
+    Lines,
+    Quiet,
+}
+
+pub struct WaitOptions {
+    pub dataset: DatasetId,
+    pub documents: Vec<DocumentId>,
+    pub timeout: Option<Duration>,
+    pub base_url: Url,
+    pub token: Secret,
+    pub display: Display,
+}
+
+/// How the wait ended, with every document's final state.
+#[derive(Debug, Serialize)]
+pub struct WaitReport {
+    pub dataset_id: String,
+    pub outcome: &'static str,
+    pub exit_code: u8,
+    /// Why the API is unusable (exit 4).
+    pub error: Option<String>,
+    pub documents: Vec<DocumentReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DocumentReport {
+    pub document_id: String,
+    pub document_name: Option<String>,
+    pub state: &'static str,
+    pub status: Option<i64>,
+    pub progress: Option<i64>,
+    pub remaining_time: Option<i64>,
+    pub status_descript: Option<String>,
+    pub reason: Option<String>,
+    pub elapsed_seconds: f64,
+}
+
+/// The exit code when several outcomes apply: 4 over 1 over 3; an interrupt is 130.
+pub fn verdict(api_unusable: bool, any_failed: bool, timed_out: bool, interrupted: bool) -> u8 {
+    if interrupted {
+        exit::INTERRUPTED
+    } else if api_unusable {
+        exit::API_UNUSABLE
+    } else if any_failed {
+        exit::FAILED
+    } else if timed_out {
+        exit::TIMED_OUT
+    } else {
+        exit::COMPLETED
+    }
+}
+
+fn unusable(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::Auth(_) | ApiError::Permission(_) | ApiError::DatasetNotFound(_)
+    )
+}
+
+fn unusable_error(r: &PollReport) -> Option<&ApiError> {
+    r.failure
+        .as_ref()
+        .filter(|e| unusable(e))
+        .or(r.dataset_not_found.as_ref())
+}
+
+/// Waits as the options say until every document is terminal, the timeout passes, the API
+/// proves unusable, or `interrupt` fires.
+pub async fn run(opts: WaitOptions, interrupt: CancellationToken) -> Result<WaitReport, String> {
+    let poll = PollConfig::default();
+    let client = CozeClient::new(ClientSettings {
+        base_url: opts.base_url.clone(),
+        token: opts.token.clone(),
+        request_timeout: Duration::from_secs(15),
+        max_ids_per_request: 50,
+        max_requests_per_second: 1.0,
+        max_requests_per_day: None,
+        max_concurrent_requests: 2,
+    })
+    .map_err(|e| e.to_string())?;
+    let tracker = TrackerPolicy::from(&poll);
+    let policy = SchedulePolicy::from(&poll);
+    let started = UnixMs::now();
+    let mut docs: BTreeMap<DocumentId, DocState> = opts
+        .documents
+        .iter()
+        .map(|d| {
+            (
+                d.clone(),
+                DocState::new(opts.dataset.clone(), d.clone(), started),
+            )
+        })
+        .collect();
+    let mut view = View::new(opts.display, &docs);
+    let mut schedule = DatasetSchedule::new(Instant::now(), 0);
+    let deadline = opts.timeout.map(|t| Instant::now() + t);
+    let (mut timed_out, mut interrupted, mut api_error) = (false, false, None);
+    while docs.values().any(DocState::is_live) {
+        tokio::select! {
+            _ = interrupt.cancelled() => { interrupted = true; break; }
+            _ = sleep_until_opt(deadline) => { timed_out = true; break; }
+            _ = tokio::time::sleep_until(schedule.next_poll) => {}
+        }
+        let live: Vec<DocState> = docs.values().filter(|d| d.is_live()).cloned().collect();
+        let attempt = || async {
+            let report = poll_dataset(&client, &opts.dataset, &live, &tracker, UnixMs::now()).await;
+            if unusable_error(&report).is_some() {
+                Err(report)
+            } else {
+                Ok(report)
+            }
+        };
+        let result = tokio::select! {
+            _ = interrupt.cancelled() => { interrupted = true; break; }
+            r = attempt
+                .retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(1)).with_max_times(UNUSABLE_RETRIES))
+                .sleep(tokio::time::sleep) => r,
+        };
+        let report = match result {
+            Ok(r) => r,
+            Err(r) => {
+                api_error = unusable_error(&r).map(ToString::to_string);
+                break;
+            }
+        };
+        let now = Instant::now();
+        let u = rand::rng().random::<f64>();
+        match &report.failure {
+            Some(e) => {
+                view.note(&format!("retrying: {e}"));
+                let f = match e {
+                    ApiError::RateLimited { retry_after, .. } => Failure::RateLimited {
+                        retry_after: *retry_after,
+                    },
+                    _ => Failure::Backoff,
+                };
+                schedule.on_failure(now, f, &policy, u);
+            }
+            None => {
+                let processing: Vec<Processing> = report
+                    .steps
+                    .iter()
+                    .filter(|s| s.state.is_live() && s.state.status == Some(0))
+                    .map(|s| Processing {
+                        document_id: s.state.document_id.clone(),
+                        remaining_time: s.state.remaining_time,
+                    })
+                    .collect();
+                schedule.on_success(now, &processing, report.changed(), &policy, u);
+            }
+        }
+        for step in report.steps {
+            view.update(&step);
+            docs.insert(step.state.document_id.clone(), step.state);
+        }
+    }
+    view.finish();
+    let any_failed = docs.values().any(|d| {
+        matches!(
+            d.state,
+            Lifecycle::Failed | Lifecycle::Missing | Lifecycle::TimedOut
+        )
+    });
+    let code = verdict(api_error.is_some(), any_failed, timed_out, interrupted);
+    if let Some(e) = &api_error {
+        view.note(&format!("error: the Coze API is unusable: {e}"));
+    }
+    Ok(WaitReport {
+        dataset_id: opts.dataset.to_string(),
+        outcome: match code {
+            exit::COMPLETED => "completed",
+            exit::FAILED => "failed",
+            exit::TIMED_OUT => "timed_out",
+            exit::API_UNUSABLE => "api_unusable",
+            _ => "interrupted",
+        },
+        exit_code: code,
+        error: api_error,
+        documents: docs
+            .values()
+            .map(|d| document_report(d, UnixMs::now()))
+            .collect(),
+    })
+}
+
+fn document_report(d: &DocState, now: UnixMs) -> DocumentReport {
+    DocumentReport {
+        document_id: d.document_id.to_string(),
+        document_name: d.info.name.clone(),
+        state: d.state.as_str(),
+        status: d.status,
+        progress: d.progress,
+        remaining_time: d.remaining_time,
+        status_descript: d.info.status_descript.clone(),
+        reason: d.reason.clone(),
+        elapsed_seconds: d
+            .terminal_at
+            .unwrap_or(now)
+            .since(d.watched_since)
+            .as_secs_f64(),
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The progress display: bars on a terminal, lines elsewhere, or nothing.
+struct View {
+    display: Display,
+    multi: Option<MultiProgress>,
+    bars: BTreeMap<DocumentId, ProgressBar>,
+}
+
+impl View {
+    fn new(display: Display, docs: &BTreeMap<DocumentId, DocState>) -> Self {
+        let mut view = View {
+            display,
+            multi: None,
+            bars: BTreeMap::new(),
+        };
+        if display == Display::Bars {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template("{prefix:30!} [{bar:30}] {pos:>3}% {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            for id in docs.keys() {
+                let bar = multi.add(ProgressBar::new(100));
+                bar.set_style(style.clone());
+                bar.set_prefix(id.to_string());
+                bar.set_message("waiting for the first answer");
+                view.bars.insert(id.clone(), bar);
+            }
+            view.multi = Some(multi);
+        }
+        view
+    }
+
+    fn update(&mut self, step: &Step) {
+        let d = &step.state;
+        match self.display {
+            Display::Quiet => {}
+            Display::Lines => {
+                if step.changed || !step.events.is_empty() {
+                    eprintln!("{}", line(d));
+                }
+            }
+            Display::Bars => {
+                let Some(bar) = self.bars.get(&d.document_id) else {
+                    return;
+                };
+                if let Some(name) = &d.info.name {
+                    bar.set_prefix(name.escape_debug().to_string());
+                }
+                bar.set_position(d.progress.unwrap_or(0).clamp(0, 100) as u64);
+                match d.state {
+                    Lifecycle::Watching => bar.set_message(eta(d)),
+                    Lifecycle::Completed => bar.finish_with_message(format!(
+                        "done in {}",
+                        secs(
+                            d.terminal_at
+                                .unwrap_or(d.watched_since)
+                                .since(d.watched_since)
+                        )
+                    )),
+                    _ => bar.abandon_with_message(outcome(d)),
+                }
+            }
+        }
+    }
+
+    fn note(&self, text: &str) {
+        match (&self.display, &self.multi) {
+            (Display::Quiet, _) => {}
+            (Display::Bars, Some(m)) => {
+                let _ = m.println(text);
+            }
+            _ => eprintln!("{text}"),
+        }
+    }
+
+    fn finish(&mut self) {
+        for bar in self.bars.values() {
+            if !bar.is_finished() {
+                bar.abandon();
+            }
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn secs(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs().max(if d.is_zero() {
+        0
+    } else {
+        1
+    })))
+    .to_string()
+}
+
+fn eta(d: &DocState) -> String {
+    match d.remaining_time {
+        Some(r) if r > 0 => format!("ETA {}", secs(Duration::from_secs(r.unsigned_abs()))),
+        _ if d.stalled => "stalled".to_string(),
+        _ => "processing".to_string(),
+    }
+}
+
+fn outcome(d: &DocState) -> String {
+    match d.state {
+        Lifecycle::Failed => format!(
+            "failed: {}",
+            d.info
+                .status_descript
+                .as_deref()
+                .unwrap_or("no reason given")
+                .escape_debug()
+        ),
+        Lifecycle::Missing => format!("missing ({})", d.reason.as_deref().unwrap_or("absent")),
+        Lifecycle::TimedOut => format!("timed out ({})", d.reason.as_deref().unwrap_or("")),
+        Lifecycle::Completed => "completed".to_string(),
+        Lifecycle::Watching => eta(d),
+    }
+}
+
+/// One plain line about a document, for logs and pipes.
+fn line(d: &DocState) -> String {
+    let name = d
+        .info
+        .name
+        .as_deref()
+        .map(|n| format!(" {:?}", n))
+        .unwrap_or_default();
+    let what = match d.state {
+        Lifecycle::Watching => format!("processing {}% ({})", d.progress.unwrap_or(0), eta(d)),
+        Lifecycle::Completed => format!(
+            "completed in {}",
+            secs(
+                d.terminal_at
+                    .unwrap_or(d.watched_since)
+                    .since(d.watched_since)
+            )
+        ),
+        _ => outcome(d),
+    };
+    format!("{}{name}: {what}", d.document_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_precedence_is_4_then_1_then_3() {
+        assert_eq!(verdict(false, false, false, false), 0);
+        assert_eq!(verdict(false, false, true, false), 3);
+        assert_eq!(verdict(false, true, true, false), 1);
+        assert_eq!(verdict(true, true, true, false), 4);
+        assert_eq!(verdict(true, false, false, false), 4);
+        assert_eq!(verdict(true, true, true, true), 130);
+    }
+}

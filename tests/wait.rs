@@ -1,0 +1,257 @@
+//! `coze-watch wait` against the simulator: every exit code, the line and JSON output, the
+//! request budget, and progress bars on a pseudo-terminal.
+
+mod helper;
+
+use std::process::Output;
+use std::time::Duration;
+
+use coze_watch::sim::{Outcome, SimHandle};
+use helper::{doc, scenario, start_sim};
+use tokio::process::Command;
+
+const DS: &str = "7400000000000000001";
+const A: &str = "7500000000000000001";
+const B: &str = "7500000000000000002";
+
+fn wait_cmd(sim: &SimHandle, token: Option<&str>, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coze-watch"));
+    cmd.arg("wait")
+        .args(args)
+        .args(["--base-url", &sim.base_url()])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin");
+    if let Some(t) = token {
+        cmd.env("COZE_API_TOKEN", t);
+    }
+    cmd
+}
+
+async fn run(sim: &SimHandle, args: &[&str]) -> Output {
+    wait_cmd(sim, Some(sim.token()), args)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_0_when_every_document_completes_with_a_line_per_change() {
+    let sim = start_sim(scenario(vec![(
+        DS,
+        vec![doc(A, 1, Outcome::Completed), doc(B, 3, Outcome::Completed)],
+    )]))
+    .await;
+    let out = run(&sim, &[DS, A, B]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{A} \"file-{A}.pdf\": processing")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{A} \"file-{A}.pdf\": completed in")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{B} \"file-{B}.pdf\": completed in")),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "no terminal codes when stderr is not a terminal"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_1_when_a_document_fails_with_its_reason() {
+    let sim = start_sim(scenario(vec![(
+        DS,
+        vec![doc(A, 1, Outcome::Completed), doc(B, 1, Outcome::Failed)],
+    )]))
+    .await;
+    let out = run(&sim, &[DS, A, B]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("failed: parse error: encrypted pdf"),
+        "{}",
+        stderr(&out)
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_3_on_timeout_and_1_wins_over_3() {
+    let sim = start_sim(scenario(vec![(
+        DS,
+        vec![doc(A, 600, Outcome::Completed), doc(B, 1, Outcome::Failed)],
+    )]))
+    .await;
+    let out = run(&sim, &[DS, A, "--timeout", "2s"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let out = run(&sim, &[DS, A, B, "--timeout", "4s"]).await;
+    assert_eq!(out.status.code(), Some(1), "a failure and a timeout: 1");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_4_when_the_token_is_refused_or_the_dataset_is_unknown() {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 60, Outcome::Completed)])])).await;
+    let out = wait_cmd(&sim, Some("pat_WRONG"), &[DS, A])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = stderr(&out);
+    assert!(err.contains("unusable"), "{err}");
+    assert!(err.contains("coze.cn token against api.coze.com"), "{err}");
+    assert!(!err.contains("pat_WRONG"), "{err}");
+    assert!(sim.stats().unauthorized >= 2, "retried before giving up");
+    let out = run(&sim, &["7400000000000000999", A]).await;
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr(&out).contains("dataset not found"),
+        "{}",
+        stderr(&out)
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_2_on_usage_errors() {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
+    let out = wait_cmd(&sim, None, &[DS, A]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("COZE_API_TOKEN is not set"));
+    let out = run(&sim, &[DS]).await;
+    assert_eq!(out.status.code(), Some(2), "a document id is required");
+    let out = run(&sim, &[DS, A, "--timeout", "soon"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_130_on_ctrl_c() {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 600, Outcome::Completed)])])).await;
+    let child = wait_cmd(&sim, Some(sim.token()), &[DS, A])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sim.stats().requests == 0 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_prints_the_final_states() {
+    let sim = start_sim(scenario(vec![(
+        DS,
+        vec![doc(A, 1, Outcome::Completed), doc(B, 1, Outcome::Failed)],
+    )]))
+    .await;
+    let out = run(&sim, &[DS, A, B, "--json", "--quiet"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.is_empty(), "--quiet: {}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["dataset_id"], DS);
+    assert_eq!(v["outcome"], "failed");
+    assert_eq!(v["exit_code"], 1);
+    assert!(v["error"].is_null());
+    let docs = v["documents"].as_array().unwrap();
+    assert_eq!(docs.len(), 2);
+    let keys: Vec<&str> = docs[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for k in [
+        "document_id",
+        "document_name",
+        "state",
+        "status",
+        "progress",
+        "remaining_time",
+        "status_descript",
+        "reason",
+        "elapsed_seconds",
+    ] {
+        assert!(keys.contains(&k), "{k} missing: {keys:?}");
+    }
+    let b = docs.iter().find(|d| d["document_id"] == B).unwrap();
+    assert_eq!(b["state"], "failed");
+    assert_eq!(b["status"], 9);
+    assert_eq!(b["status_descript"], "parse error: encrypted pdf");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_hints_cost_far_less_than_a_request_a_second() {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 20, Outcome::Completed)])])).await;
+    let out = run(&sim, &[DS, A]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let requests = sim.stats().requests;
+    // One request a second would be about 20.
+    assert!(requests <= 4, "{requests} requests for a 20 s document");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_bars_are_drawn_on_a_terminal() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "script(1) is missing on CI"
+        );
+        return;
+    }
+    let sim = start_sim(scenario(vec![(
+        DS,
+        vec![doc(A, 1, Outcome::Completed), doc(B, 3, Outcome::Completed)],
+    )]))
+    .await;
+    let inner = format!(
+        "{} wait {DS} {A} {B} --base-url {}",
+        env!("CARGO_BIN_EXE_coze-watch"),
+        sim.base_url()
+    );
+    // script(1) runs the command on a pseudo-terminal and copies what it draws to stdout.
+    let out = Command::new("script")
+        .args(["-qefc", &inner, "/dev/null"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("TERM", "xterm")
+        .env("COZE_API_TOKEN", sim.token())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("done in"), "{text}");
+    assert!(text.contains("\u{1b}["), "no terminal drawing: {text:?}");
+    assert!(
+        text.contains("=>") || text.contains("=="),
+        "no bar: {text:?}"
+    );
+    assert!(text.contains(&format!("file-{A}.pdf")), "{text}");
+    sim.shutdown().await;
+}
