@@ -25,7 +25,7 @@ use crate::coze::{ApiError, ClientSettings, CozeClient};
 use crate::event::{EventBody, EventType, new_event_id};
 use crate::ids::{DatasetId, DocumentId};
 use crate::metrics::Metrics;
-use crate::notify::{Dispatcher, DispatcherHandle, Notifier, deliverable};
+use crate::notify::{Dispatcher, DispatcherHandle, Notifier};
 use crate::ops::OpsState;
 use crate::poller::{PollReport, poll_dataset};
 use crate::schedule::{self, DatasetSchedule, Failure, Processing, SchedulePolicy};
@@ -416,7 +416,6 @@ impl Engine {
             .config
             .notifiers
             .iter()
-            .filter(|n| deliverable(&n.kind))
             .filter(|n| n.events.contains(&ty))
             .filter(|n| only.is_none_or(|names| names.contains(&n.name)))
             .map(|n| n.name.clone());
@@ -565,7 +564,6 @@ impl Engine {
             .config
             .notifiers
             .iter()
-            .filter(|n| deliverable(&n.kind))
             .map(|n| n.name.clone())
             .collect();
         keep.extend(self.extra.iter().map(|e| e.notifier.name().to_string()));

@@ -70,7 +70,8 @@ impl DispatcherHandle {
     }
 }
 
-type TaskResult = (Delivery, Outcome);
+/// A finished task: the deliveries it covered (one, or a digest's many) and how it went.
+type TaskResult = (Vec<Delivery>, Outcome);
 
 impl Dispatcher {
     pub fn new(
@@ -94,11 +95,13 @@ impl Dispatcher {
     /// cancels the rest, which stay pending with no attempt counted.
     pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
         let mut tasks: JoinSet<TaskResult> = JoinSet::new();
-        let mut running: HashMap<tokio::task::Id, Delivery> = HashMap::new();
+        let mut running: HashMap<tokio::task::Id, Vec<Delivery>> = HashMap::new();
         loop {
-            let busy: HashSet<(i64, String)> = running.values().map(Delivery::key).collect();
-            self.start_due(&mut tasks, &mut running, &busy).await;
-            let next = self.next_wake().await;
+            let throttled = self.start_due(&mut tasks, &mut running).await;
+            let next = match (self.next_wake().await, throttled) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
@@ -120,50 +123,100 @@ impl Dispatcher {
         }
     }
 
+    /// Starts what is due. A throttled notifier gets one message at a time, and a backlog
+    /// larger than its per-minute allowance goes out as one digest. Returns when a throttled
+    /// notifier with due deliveries may send again.
     async fn start_due(
         &self,
         tasks: &mut JoinSet<TaskResult>,
-        running: &mut HashMap<tokio::task::Id, Delivery>,
-        busy: &HashSet<(i64, String)>,
-    ) {
-        let room = MAX_IN_FLIGHT.saturating_sub(running.len());
+        running: &mut HashMap<tokio::task::Id, Vec<Delivery>>,
+    ) -> Option<Instant> {
+        let room = MAX_IN_FLIGHT.saturating_sub(running.values().map(Vec::len).sum());
         if room == 0 {
-            return;
+            return None;
         }
-        let busy_now = busy.clone();
+        let busy: HashSet<(i64, String)> = running.values().flatten().map(Delivery::key).collect();
+        let busy_notifiers: HashSet<String> = running
+            .values()
+            .flatten()
+            .map(|d| d.notifier.clone())
+            .collect();
         let due = match self
             .store
-            .call(move |s| s.due_deliveries(UnixMs::now(), room, &busy_now))
+            .call(move |s| s.due_deliveries(UnixMs::now(), room, &busy))
             .await
         {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the outbox; retrying");
-                return;
+                return Some(Instant::now() + Duration::from_secs(5));
             }
         };
-        for delivery in due {
-            let Some(entry) = self.notifiers.get(&delivery.notifier) else {
-                // Its notifier is not configured (removed while we were down, before the
-                // start-up sweep): leave it for `deliveries` to show.
+        let mut groups: Vec<(String, Vec<Delivery>)> = Vec::new();
+        for d in due {
+            match groups.iter_mut().find(|(n, _)| *n == d.notifier) {
+                Some((_, list)) => list.push(d),
+                None => groups.push((d.notifier.clone(), vec![d])),
+            }
+        }
+        let mut wake: Option<Instant> = None;
+        for (name, list) in groups {
+            // A delivery for a notifier that is not configured (removed while we were down,
+            // before the start-up sweep) stays for `deliveries` to show.
+            let Some(entry) = self.notifiers.get(&name) else {
                 continue;
             };
-            let job = Job {
-                event_id: delivery.event_id.clone(),
-                event_type: delivery.event_type,
-                body: delivery.body.clone(),
-                attempt: delivery.attempts + 1,
-            };
-            let notifier = entry.notifier.clone();
-            let permits = entry.permits.clone();
-            let d = delivery.clone();
-            let handle = tasks.spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                let outcome = notifier.deliver(&job).await;
-                (d, outcome)
-            });
-            running.insert(handle.id(), delivery);
+            let now = Instant::now();
+            match entry.notifier.ready_at(now) {
+                None => {
+                    for d in list {
+                        self.spawn(tasks, running, entry, vec![d]);
+                    }
+                }
+                Some(_) if busy_notifiers.contains(&name) => {}
+                Some(at) if at > now => wake = Some(wake.map_or(at, |w| w.min(at))),
+                Some(_) => {
+                    let above = entry.notifier.digest_above().unwrap_or(usize::MAX);
+                    if list.len() > above {
+                        tracing::info!(notifier = %name, events = list.len(), "backlog above the throttle: sending one digest");
+                        self.spawn(tasks, running, entry, list);
+                    } else if let Some(first) = list.into_iter().next() {
+                        self.spawn(tasks, running, entry, vec![first]);
+                    }
+                }
+            }
         }
+        wake
+    }
+
+    fn spawn(
+        &self,
+        tasks: &mut JoinSet<TaskResult>,
+        running: &mut HashMap<tokio::task::Id, Vec<Delivery>>,
+        entry: &Entry,
+        deliveries: Vec<Delivery>,
+    ) {
+        let jobs: Vec<Job> = deliveries
+            .iter()
+            .map(|d| Job {
+                event_id: d.event_id.clone(),
+                event_type: d.event_type,
+                body: d.body.clone(),
+                attempt: d.attempts + 1,
+            })
+            .collect();
+        let notifier = entry.notifier.clone();
+        let permits = entry.permits.clone();
+        let covered = deliveries.clone();
+        let handle = tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let outcome = match jobs.as_slice() {
+                [one] => notifier.deliver(one).await,
+                many => notifier.deliver_digest(many).await,
+            };
+            (covered, outcome)
+        });
+        running.insert(handle.id(), deliveries);
     }
 
     /// When to look at the outbox again: the next future attempt, if any. Deliveries due now
@@ -182,15 +235,15 @@ impl Dispatcher {
     async fn finished(
         &self,
         done: Result<(tokio::task::Id, TaskResult), tokio::task::JoinError>,
-        running: &mut HashMap<tokio::task::Id, Delivery>,
+        running: &mut HashMap<tokio::task::Id, Vec<Delivery>>,
     ) {
-        let (delivery, outcome) = match done {
-            Ok((id, (delivery, outcome))) => {
+        let (deliveries, outcome) = match done {
+            Ok((id, (deliveries, outcome))) => {
                 running.remove(&id);
-                (delivery, outcome)
+                (deliveries, outcome)
             }
             Err(join) => {
-                let Some(delivery) = running.remove(&join.id()) else {
+                let Some(deliveries) = running.remove(&join.id()) else {
                     return;
                 };
                 let error = if join.is_panic() {
@@ -199,7 +252,7 @@ impl Dispatcher {
                     "cancelled".to_string()
                 };
                 (
-                    delivery,
+                    deliveries,
                     Outcome::Retry {
                         error,
                         retry_after: None,
@@ -207,13 +260,15 @@ impl Dispatcher {
                 )
             }
         };
-        let retry = self
-            .notifiers
-            .get(&delivery.notifier)
-            .map(|e| e.retry.clone())
-            .unwrap_or_else(RetryPolicy::webhook_default);
-        let result = record(&self.store, delivery.clone(), outcome, &retry).await;
-        self.metrics.delivery(&delivery.notifier, result);
+        for delivery in deliveries {
+            let retry = self
+                .notifiers
+                .get(&delivery.notifier)
+                .map(|e| e.retry.clone())
+                .unwrap_or_else(RetryPolicy::webhook_default);
+            let result = record(&self.store, delivery.clone(), outcome.clone(), &retry).await;
+            self.metrics.delivery(&delivery.notifier, result);
+        }
     }
 }
 

@@ -5,10 +5,12 @@
 //! touches the store or decides about retries. The dispatcher owns retries, ordering and
 //! concurrency, and records every outcome in the store.
 
+pub mod chat;
 pub mod dispatcher;
 pub mod exec;
 pub mod log;
 pub mod signature;
+pub mod throttle;
 pub mod webhook;
 
 use std::future::Future;
@@ -22,15 +24,7 @@ pub use dispatcher::{Dispatcher, DispatcherHandle};
 
 use std::sync::Arc;
 
-use crate::config::{NotifierConfig, NotifierKind, WebhookFormat};
-
-/// Whether this build can deliver to a notifier of this kind.
-pub fn deliverable(kind: &NotifierKind) -> bool {
-    match kind {
-        NotifierKind::Log | NotifierKind::Exec(_) => true,
-        NotifierKind::Webhook(w) => w.format == WebhookFormat::Standard,
-    }
-}
+use crate::config::{NotifierConfig, NotifierKind};
 
 /// Builds the notifier a config entry describes.
 pub fn build(config: &NotifierConfig) -> Result<Arc<dyn Notifier>, String> {
@@ -38,13 +32,7 @@ pub fn build(config: &NotifierConfig) -> Result<Arc<dyn Notifier>, String> {
     match &config.kind {
         NotifierKind::Log => Ok(Arc::new(log::LogNotifier::new(name))),
         NotifierKind::Exec(e) => Ok(Arc::new(exec::ExecNotifier::new(name, e.clone()))),
-        NotifierKind::Webhook(w) if deliverable(&config.kind) => {
-            Ok(Arc::new(webhook::WebhookNotifier::new(name, w.clone())?))
-        }
-        NotifierKind::Webhook(w) => Err(format!(
-            "webhook format {:?} is not delivered by this build",
-            w.format
-        )),
+        NotifierKind::Webhook(w) => Ok(Arc::new(webhook::WebhookNotifier::new(name, w.clone())?)),
     }
 }
 
@@ -89,6 +77,26 @@ pub trait Notifier: Send + Sync {
 
     fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy::webhook_default()
+    }
+
+    /// For a throttled notifier, when its next message may go (`None`: not throttled). The
+    /// dispatcher leaves its deliveries in the outbox until then.
+    fn ready_at(&self, _now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        None
+    }
+
+    /// A backlog larger than this goes out as one digest (`None`: never).
+    fn digest_above(&self) -> Option<usize> {
+        None
+    }
+
+    /// Delivers several events as one message.
+    fn deliver_digest<'a>(&'a self, _jobs: &'a [Job]) -> BoxFuture<'a, Outcome> {
+        Box::pin(async {
+            Outcome::Permanent {
+                error: "this notifier sends no digests".into(),
+            }
+        })
     }
 }
 

@@ -1,4 +1,5 @@
-//! The webhook notifier: a signed JSON POST per event (SPEC section 6).
+//! The webhook notifier: a signed JSON POST per event (SPEC section 6), or, with a chat
+//! `format`, that service's message (see `chat`) under a per-minute throttle.
 //!
 //! Sends the exact stored body, with a fresh `webhook-timestamp` and signature per attempt and
 //! the same `webhook-id` (the event id) on every attempt. Never follows a redirect. Classifies
@@ -10,10 +11,14 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 
+use std::sync::Mutex;
+
 use super::signature::SigningKey;
-use super::{BoxFuture, Job, Notifier, Outcome};
+use super::throttle::Throttle;
+use super::{BoxFuture, Job, Notifier, Outcome, chat};
 use crate::config::{RetryPolicy, WebhookConfig};
 use crate::coze::http_client_builder;
+use crate::event::EventBody;
 use crate::secret::Secret;
 
 /// How much of a failing answer's body goes into the error message.
@@ -24,6 +29,8 @@ pub struct WebhookNotifier {
     config: WebhookConfig,
     key: Option<SigningKey>,
     http: reqwest::Client,
+    /// Chat formats only: `max_per_minute`. A std mutex, never held across an await.
+    throttle: Option<Mutex<Throttle>>,
 }
 
 impl WebhookNotifier {
@@ -32,13 +39,108 @@ impl WebhookNotifier {
             .timeout(config.timeout)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {}", e.without_url()))?;
-        let key = config.secret.as_ref().and_then(SigningKey::from_secret);
+        let (key, throttle) = if config.format.is_chat() {
+            let per_minute = config
+                .max_per_minute
+                .or(config.format.published_per_minute())
+                .unwrap_or(20);
+            (None, Some(Mutex::new(Throttle::new(per_minute))))
+        } else {
+            (
+                config.secret.as_ref().and_then(SigningKey::from_secret),
+                None,
+            )
+        };
         Ok(WebhookNotifier {
             name: name.into(),
             config,
             key,
             http,
+            throttle,
         })
+    }
+
+    fn with_throttle<R>(&self, f: impl FnOnce(&mut Throttle) -> R) -> Option<R> {
+        self.throttle
+            .as_ref()
+            .map(|t| f(&mut t.lock().unwrap_or_else(|p| p.into_inner())))
+    }
+
+    /// Sends one chat message, signed at send time (the services reject old timestamps).
+    async fn send_chat(&self, text: &str) -> Outcome {
+        let secret = self.config.secret.as_ref().map(Secret::expose);
+        let (url, body) = chat::request(
+            self.config.format,
+            self.config.url.expose(),
+            text,
+            secret,
+            crate::wall::UnixMs::now().0,
+        );
+        self.with_throttle(|t| t.record(tokio::time::Instant::now()));
+        let mut request = self.http.post(url).json(&body);
+        for (name, value) in &self.config.headers {
+            if let Some((n, v)) = header(name, value) {
+                request = request.header(n, v);
+            }
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Retry {
+                    error: format!("{}: {}", self.config.url, transport_error(&e)),
+                    retry_after: None,
+                };
+            }
+        };
+        let status = response.status();
+        if status != StatusCode::OK {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::coze::error::parse_retry_after);
+            let snippet = body_snippet(response).await;
+            return classify(
+                status,
+                retry_after,
+                &format!("{}: HTTP {}{snippet}", self.config.url, status.as_u16()),
+            );
+        }
+        let text = read_text(response).await;
+        match chat::read_answer(self.config.format, &text) {
+            Outcome::Permanent { error } => Outcome::Permanent {
+                error: format!("{}: {error}", self.config.url),
+            },
+            Outcome::Retry { error, retry_after } => Outcome::Retry {
+                error: format!("{}: {error}", self.config.url),
+                retry_after,
+            },
+            Outcome::Delivered => Outcome::Delivered,
+        }
+    }
+
+    async fn deliver_one(&self, job: &Job) -> Outcome {
+        if !self.config.format.is_chat() {
+            return self.send(job).await;
+        }
+        match serde_json::from_str::<EventBody>(&job.body) {
+            Ok(body) => {
+                self.send_chat(&chat::event_text(&body, self.config.language))
+                    .await
+            }
+            Err(e) => Outcome::Permanent {
+                error: format!("stored event body is unreadable: {e}"),
+            },
+        }
+    }
+
+    async fn deliver_many(&self, jobs: &[Job]) -> Outcome {
+        let bodies: Vec<EventBody> = jobs
+            .iter()
+            .filter_map(|j| serde_json::from_str(&j.body).ok())
+            .collect();
+        self.send_chat(&chat::digest_text(&bodies, self.config.language))
+            .await
     }
 
     async fn send(&self, job: &Job) -> Outcome {
@@ -88,11 +190,23 @@ impl Notifier for WebhookNotifier {
     }
 
     fn deliver<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Outcome> {
-        Box::pin(self.send(job))
+        Box::pin(self.deliver_one(job))
     }
 
     fn concurrency(&self) -> usize {
-        4
+        if self.config.format.is_chat() { 1 } else { 4 }
+    }
+
+    fn ready_at(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        self.with_throttle(|t| t.ready_at(now))
+    }
+
+    fn digest_above(&self) -> Option<usize> {
+        self.with_throttle(|t| t.per_minute())
+    }
+
+    fn deliver_digest<'a>(&'a self, jobs: &'a [Job]) -> BoxFuture<'a, Outcome> {
+        Box::pin(self.deliver_many(jobs))
     }
 
     fn retry_policy(&self) -> RetryPolicy {
@@ -154,6 +268,18 @@ async fn body_snippet(response: reqwest::Response) -> String {
     } else {
         format!(": {text:?}")
     }
+}
+
+/// An answer's body as text, at most 64 KiB.
+async fn read_text(mut response: reqwest::Response) -> String {
+    let mut bytes = Vec::new();
+    while bytes.len() < 64 * 1024 {
+        match response.chunk().await {
+            Ok(Some(c)) => bytes.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn transport_error(e: &reqwest::Error) -> String {

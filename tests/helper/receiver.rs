@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Debug)]
 pub enum Reply {
     Status(u16),
+    /// HTTP 200 with this body (a chat service's own answer).
+    Body(&'static str),
     RetryAfter(u16, u64),
     Redirect(&'static str),
 }
@@ -28,6 +30,7 @@ pub enum Reply {
 pub struct Received {
     pub at: Instant,
     pub path: String,
+    pub query: String,
     pub headers: HashMap<String, String>,
     pub body: String,
     pub answered: u16,
@@ -45,6 +48,7 @@ impl Received {
 
 struct RecState {
     script: Mutex<VecDeque<Reply>>,
+    default: Reply,
     requests: Mutex<Vec<Received>>,
 }
 
@@ -66,9 +70,19 @@ impl Receiver {
     }
 
     pub async fn start_on(addr: SocketAddr, script: Vec<Reply>) -> Receiver {
+        Self::start_with_default(addr, script, Reply::Status(200)).await
+    }
+
+    /// Answers with `script` first, then `default` for ever.
+    pub async fn start_with_default(
+        addr: SocketAddr,
+        script: Vec<Reply>,
+        default: Reply,
+    ) -> Receiver {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(RecState {
+            default,
             script: Mutex::new(script.into()),
             requests: Mutex::new(Vec::new()),
         });
@@ -114,9 +128,10 @@ async fn handle(
         .lock()
         .unwrap()
         .pop_front()
-        .unwrap_or(Reply::Status(200));
+        .unwrap_or_else(|| s.default.clone());
     let response = match &reply {
         Reply::Status(code) => StatusCode::from_u16(*code).unwrap().into_response(),
+        Reply::Body(text) => (StatusCode::OK, *text).into_response(),
         Reply::RetryAfter(code, secs) => (
             StatusCode::from_u16(*code).unwrap(),
             [(header::RETRY_AFTER, secs.to_string())],
@@ -129,6 +144,7 @@ async fn handle(
     s.requests.lock().unwrap().push(Received {
         at: Instant::now(),
         path: uri.path().to_string(),
+        query: uri.query().unwrap_or("").to_string(),
         headers: headers
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
@@ -140,7 +156,7 @@ async fn handle(
 }
 
 /// HMAC-SHA256 by RFC 2104, on top of plain SHA-256.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     const BLOCK: usize = 64;
     let mut k = [0u8; BLOCK];
     if key.len() > BLOCK {
