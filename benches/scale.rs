@@ -142,7 +142,8 @@ fn truth(v: &Value) -> Truth {
         let ds = d["id"].as_str().unwrap_or_default().to_string();
         for doc in d["documents"].as_array().into_iter().flatten() {
             documents += 1;
-            if let (Some(id), Some(at)) = (doc["id"].as_str(), doc["terminal_at_unix_ms"].as_i64()) {
+            if let (Some(id), Some(at)) = (doc["id"].as_str(), doc["terminal_at_unix_ms"].as_i64())
+            {
                 terminal.insert(id.to_string(), at);
                 by_dataset.entry(ds.clone()).or_default().push(at);
             }
@@ -210,7 +211,11 @@ fn summarize(t: &Truth, n: &Notices, stats: &sim::Stats) -> Result {
         rate_limited: stats.rate_limited,
         delivered: n.first.len(),
         duplicates: n.event_ids.len() - unique.len(),
-        missed: t.terminal.keys().filter(|id| !n.first.contains_key(*id)).count(),
+        missed: t
+            .terminal
+            .keys()
+            .filter(|id| !n.first.contains_key(*id))
+            .count(),
         latencies,
         ..Result::default()
     }
@@ -219,9 +224,14 @@ fn summarize(t: &Truth, n: &Notices, stats: &sim::Stats) -> Result {
 async fn fresh_sim(w: &Workload) -> (SimHandle, Scenario) {
     let mut scenario = sim::generate(&w.generator);
     scenario.quota_per_second = w.rps;
-    let handle = sim::start(scenario.clone(), "127.0.0.1:0".parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))))
-        .await
-        .unwrap_or_else(|e| panic!("cannot start the simulator: {e}"));
+    let handle = sim::start(
+        scenario.clone(),
+        "127.0.0.1:0"
+            .parse()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot start the simulator: {e}"));
     (handle, scenario)
 }
 
@@ -247,15 +257,25 @@ async fn receiver() -> (SocketAddr, Received) {
                 let now = UnixMs::now().0;
                 if let Ok(v) = serde_json::from_slice::<Value>(&body) {
                     let mut n = store.0.lock().unwrap_or_else(|p| p.into_inner());
-                    let doc = v["data"]["document_id"].as_str().unwrap_or_default().to_string();
+                    let doc = v["data"]["document_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
                     n.first.entry(doc).or_insert(now);
-                    n.event_ids.push(v["data"]["event_id"].as_str().unwrap_or_default().to_string());
+                    n.event_ids.push(
+                        v["data"]["event_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
                 }
                 axum::http::StatusCode::OK
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -263,7 +283,13 @@ async fn receiver() -> (SocketAddr, Received) {
     (addr, store)
 }
 
-fn daemon_config(sim: &SimHandle, hook: SocketAddr, state: &Path, scenario: &Scenario, rps: Option<f64>) -> String {
+fn daemon_config(
+    sim: &SimHandle,
+    hook: SocketAddr,
+    state: &Path,
+    scenario: &Scenario,
+    rps: Option<f64>,
+) -> String {
     let mut s = String::new();
     s.push_str(&format!(
         "api:\n  base_url: {}\n  max_requests_per_second: {}\n  max_concurrent_requests: 8\n  request_timeout: 10s\n",
@@ -281,8 +307,16 @@ fn daemon_config(sim: &SimHandle, hook: SocketAddr, state: &Path, scenario: &Sce
     ));
     s.push_str("watch:\n");
     for d in &scenario.datasets {
-        let ids: Vec<String> = d.documents.iter().map(|x| format!("\"{}\"", x.id)).collect();
-        s.push_str(&format!("  - dataset: \"{}\"\n    documents: [{}]\n", d.id, ids.join(", ")));
+        let ids: Vec<String> = d
+            .documents
+            .iter()
+            .map(|x| format!("\"{}\"", x.id))
+            .collect();
+        s.push_str(&format!(
+            "  - dataset: \"{}\"\n    documents: [{}]\n",
+            d.id,
+            ids.join(", ")
+        ));
     }
     s
 }
@@ -300,13 +334,15 @@ fn footprint(pid: u32) -> (Option<f64>, Option<f64>) {
         .map(|kb| kb / 1024.0);
     // /proc reports CPU time in USER_HZ, which Linux fixes at 100 for user space.
     let tick = 100.0;
-    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
-        let rest = s.rsplit_once(") ")?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = f.get(11)?.parse().ok()?;
-        let stime: f64 = f.get(12)?.parse().ok()?;
-        Some((utime + stime) / tick)
-    });
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(") ")?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / tick)
+        });
     (rss, cpu)
 }
 
@@ -362,7 +398,10 @@ async fn run_daemon(w: &Workload) -> (Result, String) {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss, cpu) = footprint(pid);
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
     let notices = std::mem::take(&mut *received.0.lock().unwrap_or_else(|p| p.into_inner()));
     let mut r = summarize(&t, &notices, &sim.stats());
@@ -370,12 +409,25 @@ async fn run_daemon(w: &Workload) -> (Result, String) {
     r.cpu_s = cpu.or(sampled.1);
     r.ready_ms = ready_ms;
     sim.shutdown().await;
-    (r, config.lines().take_while(|l| !l.starts_with("watch:")).collect::<Vec<_>>().join("\n"))
+    (
+        r,
+        config
+            .lines()
+            .take_while(|l| !l.starts_with("watch:"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
 }
 
 // ---- the naive pollers ----
 
-async fn post(http: &reqwest::Client, base: &str, token: &str, ds: &str, ids: &[String]) -> Option<Vec<(String, i64)>> {
+async fn post(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    ds: &str,
+    ids: &[String],
+) -> Option<Vec<(String, i64)>> {
     let r = http
         .post(format!("{base}/v1/datasets/{ds}/process"))
         .bearer_auth(token)
@@ -391,7 +443,12 @@ async fn post(http: &reqwest::Client, base: &str, token: &str, ds: &str, ids: &[
         v["data"]["data"]
             .as_array()?
             .iter()
-            .filter_map(|d| Some((d["document_id"].as_str()?.to_string(), d["status"].as_i64()?)))
+            .filter_map(|d| {
+                Some((
+                    d["document_id"].as_str()?.to_string(),
+                    d["status"].as_i64()?,
+                ))
+            })
             .collect(),
     )
 }
@@ -410,7 +467,13 @@ async fn run_per_doc(w: &Workload) -> Result {
     let mut tasks = tokio::task::JoinSet::new();
     for d in &scenario.datasets {
         for doc in &d.documents {
-            let (http, base, token, ds, id) = (http.clone(), sim.base_url(), sim.token().to_string(), d.id.clone(), doc.id.clone());
+            let (http, base, token, ds, id) = (
+                http.clone(),
+                sim.base_url(),
+                sim.token().to_string(),
+                d.id.clone(),
+                doc.id.clone(),
+            );
             let (notices, limit) = (notices.clone(), limit.clone());
             tasks.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -444,12 +507,20 @@ async fn run_batched(w: &Workload) -> Result {
     let (sim, scenario) = fresh_sim(w).await;
     let t = truth(&sim.truth());
     let deadline = deadline_for(&t);
-    let http = coze_watch::coze::http_client_builder().build().unwrap_or_else(|e| panic!("{e}"));
+    let http = coze_watch::coze::http_client_builder()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
     let notices = Arc::new(Mutex::new(Notices::default()));
     let mut tasks = tokio::task::JoinSet::new();
     for d in &scenario.datasets {
         let mut live: Vec<String> = d.documents.iter().map(|x| x.id.clone()).collect();
-        let (http, base, token, ds, notices) = (http.clone(), sim.base_url(), sim.token().to_string(), d.id.clone(), notices.clone());
+        let (http, base, token, ds, notices) = (
+            http.clone(),
+            sim.base_url(),
+            sim.token().to_string(),
+            d.id.clone(),
+            notices.clone(),
+        );
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             while !live.is_empty() && Instant::now() < deadline {
@@ -511,7 +582,10 @@ fn row(name: &str, r: &Result, l: u64, expected: usize) -> String {
 fn main() {
     let args = Args::parse();
     let w = workload(&args);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

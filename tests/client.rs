@@ -274,3 +274,55 @@ async fn a_connection_refused_is_transient() {
         .unwrap_err();
     assert_eq!(e.kind(), "transient", "{e}");
 }
+
+#[tokio::test]
+async fn hostile_bodies_are_transient_errors_never_panics() {
+    let sim = sim_with(2).await;
+    let doc = |status: &str| {
+        format!(
+            r#"{{"code":0,"msg":"","data":{{"data":[{{"document_id":"1001","status":{status}}}]}}}}"#
+        )
+    };
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let cases = [
+        ("huge number", doc("1e999")),
+        ("huge integer", doc("123456789012345678901234567890")),
+        ("null status", doc("null")),
+        ("string status", doc("\"done\"")),
+        (
+            "null code",
+            r#"{"code":null,"data":{"data":[]}}"#.to_string(),
+        ),
+        (
+            "code as string",
+            r#"{"code":"0","data":{"data":[]}}"#.to_string(),
+        ),
+        (
+            "data not an object",
+            r#"{"code":0,"data":[1,2,3]}"#.to_string(),
+        ),
+        (
+            "documents not a list",
+            r#"{"code":0,"data":{"data":{"a":1}}}"#.to_string(),
+        ),
+        (
+            "id as object",
+            r#"{"code":0,"data":{"data":[{"document_id":{"x":1},"status":1}]}}"#.to_string(),
+        ),
+        ("deep nesting", deep),
+        ("empty body", String::new()),
+        (
+            "invalid utf-8 escape",
+            "{\"code\":0,\"msg\":\"\\ud800\"}".to_string(),
+        ),
+        ("top-level array", "[]".to_string()),
+    ];
+    for (what, body) in cases {
+        let e = classify(&sim, Injection::Raw { http: 200, body }).await;
+        assert_eq!(e.kind(), "transient", "{what}: {e}");
+    }
+    let e = classify(&sim, Injection::Oversize).await;
+    assert_eq!(e.kind(), "transient", "over the size cap: {e}");
+    assert!(e.to_string().contains("larger than"), "{e}");
+    sim.shutdown().await;
+}

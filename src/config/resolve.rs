@@ -1059,20 +1059,22 @@ fn check_executable(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, program: &P
     }
 }
 
-/// Where a document was listed, for the "listed twice" error.
+/// Where a document was listed, for the "listed twice" error. The line is looked up only when
+/// that error happens: locating re-reads the YAML, which is too slow to do per document.
 struct Origin {
     file: PathBuf,
     path: KeyPath,
-    at: Option<LineCol>,
 }
 
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(at) = self.at {
-            write!(f, ":{}:{}", at.line, at.column)?;
-        }
-        write!(f, " ({})", self.path)
+impl Origin {
+    /// `file:line:column (key path)`, reading the file again to find the line.
+    fn describe(&self) -> String {
+        let at = std::fs::read_to_string(&self.file)
+            .ok()
+            .and_then(|text| locate(&text, &self.path))
+            .map(|at| format!(":{}:{}", at.line, at.column))
+            .unwrap_or_default();
+        format!("{}{at} ({})", self.file.display(), self.path)
     }
 }
 
@@ -1204,13 +1206,9 @@ fn add_watch_entry(
             continue;
         };
         let document = DocumentId::new(doc);
-        let here = Origin {
-            file: src.file.clone(),
-            path: p.clone(),
-            at: locate(&src.text, &p),
-        };
         let key = (dataset.clone(), document.clone());
         if let Some(first) = origins.get(&key) {
+            let first = first.describe();
             ctx.error(
                 src,
                 &p,
@@ -1220,7 +1218,13 @@ fn add_watch_entry(
             );
             continue;
         }
-        origins.insert(key, here);
+        origins.insert(
+            key,
+            Origin {
+                file: src.file.clone(),
+                path: p.clone(),
+            },
+        );
         list.datasets.entry(dataset).or_default().insert(
             document,
             WatchedDocument {

@@ -22,6 +22,8 @@ use crate::wall::UnixMs;
 
 /// Deliveries started and not yet finished, at most; the rest wait in the outbox.
 const MAX_IN_FLIGHT: usize = 256;
+/// How often outcomes the store could not take are written again.
+const RECORD_RETRY: Duration = Duration::from_secs(2);
 
 struct Entry {
     notifier: Arc<dyn Notifier>,
@@ -45,6 +47,10 @@ fn entries(list: Vec<Arc<dyn Notifier>>) -> HashMap<String, Entry> {
 pub struct Dispatcher {
     store: StoreHandle,
     metrics: Arc<Metrics>,
+    /// Outcomes known but not yet written (the store failed, e.g. a full disk). They are
+    /// written again every [`RECORD_RETRY`], never delivered again meanwhile; a restart before
+    /// then redoes them (at least once).
+    unrecorded: Vec<(Delivery, Outcome)>,
     notifiers: HashMap<String, Entry>,
     wake: Arc<Notify>,
     updates: mpsc::UnboundedReceiver<Vec<Arc<dyn Notifier>>>,
@@ -84,6 +90,7 @@ impl Dispatcher {
         let d = Dispatcher {
             store,
             metrics,
+            unrecorded: Vec::new(),
             notifiers: entries(notifiers),
             wake: wake.clone(),
             updates: rx,
@@ -97,11 +104,16 @@ impl Dispatcher {
         let mut tasks: JoinSet<TaskResult> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, Vec<Delivery>> = HashMap::new();
         loop {
+            self.record_again().await;
             let throttled = self.start_due(&mut tasks, &mut running).await;
-            let next = match (self.next_wake().await, throttled) {
+            let mut next = match (self.next_wake().await, throttled) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            if !self.unrecorded.is_empty() {
+                let again = Instant::now() + RECORD_RETRY;
+                next = Some(next.map_or(again, |n| n.min(again)));
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
@@ -135,7 +147,12 @@ impl Dispatcher {
         if room == 0 {
             return None;
         }
-        let busy: HashSet<(i64, String)> = running.values().flatten().map(Delivery::key).collect();
+        let busy: HashSet<(i64, String)> = running
+            .values()
+            .flatten()
+            .chain(self.unrecorded.iter().map(|(d, _)| d))
+            .map(Delivery::key)
+            .collect();
         let busy_notifiers: HashSet<String> = running
             .values()
             .flatten()
@@ -233,7 +250,7 @@ impl Dispatcher {
     }
 
     async fn finished(
-        &self,
+        &mut self,
         done: Result<(tokio::task::Id, TaskResult), tokio::task::JoinError>,
         running: &mut HashMap<tokio::task::Id, Vec<Delivery>>,
     ) {
@@ -261,13 +278,29 @@ impl Dispatcher {
             }
         };
         for delivery in deliveries {
-            let retry = self
-                .notifiers
-                .get(&delivery.notifier)
-                .map(|e| e.retry.clone())
-                .unwrap_or_else(RetryPolicy::webhook_default);
-            let result = record(&self.store, delivery.clone(), outcome.clone(), &retry).await;
-            self.metrics.delivery(&delivery.notifier, result);
+            self.record_outcome(delivery, outcome.clone()).await;
+        }
+    }
+
+    async fn record_outcome(&mut self, delivery: Delivery, outcome: Outcome) {
+        let retry = self
+            .notifiers
+            .get(&delivery.notifier)
+            .map(|e| e.retry.clone())
+            .unwrap_or_else(RetryPolicy::webhook_default);
+        match record(&self.store, delivery.clone(), outcome.clone(), &retry).await {
+            Ok(label) => self.metrics.delivery(&delivery.notifier, label),
+            Err(e) => {
+                tracing::error!(notifier = %delivery.notifier, event_id = %delivery.event_id, error = %e,
+                    "cannot record a delivery outcome; keeping it to record again (not delivering again)");
+                self.unrecorded.push((delivery, outcome));
+            }
+        }
+    }
+
+    async fn record_again(&mut self) {
+        for (delivery, outcome) in std::mem::take(&mut self.unrecorded) {
+            self.record_outcome(delivery, outcome).await;
         }
     }
 }
@@ -285,7 +318,7 @@ async fn record(
     d: Delivery,
     outcome: Outcome,
     policy: &RetryPolicy,
-) -> &'static str {
+) -> Result<&'static str, crate::store::StoreError> {
     let now = UnixMs::now();
     let attempts = d.attempts + 1;
     let (seq, notifier) = (d.seq, d.notifier.clone());
@@ -333,8 +366,5 @@ async fn record(
                 .await
         }
     };
-    if let Err(e) = result {
-        tracing::error!(error = %e, "cannot record a delivery outcome; it stays pending and will be redone");
-    }
-    label
+    result.map(|()| label)
 }

@@ -166,6 +166,8 @@ pub enum Injection {
     Oversize,
     /// The normal answer with `document_id` as JSON numbers instead of strings.
     NumericIds,
+    /// Exactly this body, with this HTTP status.
+    Raw { http: u16, body: String },
 }
 
 /// What the API reports for one document at one instant.

@@ -175,10 +175,17 @@ async fn process(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let faulted = matches!(plan, Plan::Fault(_));
+    {
+        // Counted on arrival: a client that gives up (a timeout) never sees the answer, and
+        // the handler is dropped with its connection.
+        let mut st = lock(&s.stats);
+        st.requests += 1;
+        st.faults += u64::from(matches!(plan, Plan::Fault(_)));
+        *st.by_dataset.entry(dataset_id.clone()).or_default() += 1;
+    }
     let response = answer(&s, &dataset_id, &headers, &body, plan, &logid).await;
     let ids = parse_request(&body).unwrap_or_default();
-    record(&s, &dataset_id, ids, &response, faulted);
+    record(&s, &dataset_id, ids, &response);
     with_logid(response, &logid)
 }
 
@@ -413,6 +420,12 @@ fn fault_response(inj: Injection, logid: &str) -> Response {
                 .insert(header::CONTENT_LENGTH, HeaderValue::from_static("4096"));
             r
         }
+        Injection::Raw { http, body } => (
+            StatusCode::from_u16(http).unwrap_or(StatusCode::OK),
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
         Injection::Oversize => {
             let mut body = b"{\"code\":0,\"msg\":\"".to_vec();
             body.resize(body.len() + 5 * 1024 * 1024, b'x');
@@ -448,9 +461,8 @@ fn with_logid(mut r: Response, logid: &str) -> Response {
     r
 }
 
-fn record(s: &SimState, dataset: &str, ids: Vec<String>, r: &Response, faulted: bool) {
+fn record(s: &SimState, dataset: &str, ids: Vec<String>, r: &Response) {
     let mut st = lock(&s.stats);
-    st.requests += 1;
     if st.recent.len() == RECENT_REQUESTS {
         st.recent.pop_front();
     }
@@ -459,8 +471,6 @@ fn record(s: &SimState, dataset: &str, ids: Vec<String>, r: &Response, faulted: 
         ids,
         http_status: r.status().as_u16(),
     });
-    st.faults += u64::from(faulted);
-    *st.by_dataset.entry(dataset.to_string()).or_default() += 1;
     *st.by_http_status.entry(r.status().as_u16()).or_default() += 1;
     match r.status() {
         StatusCode::UNAUTHORIZED => st.unauthorized += 1,

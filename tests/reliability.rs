@@ -1,0 +1,396 @@
+//! The promise: no lost notification, no unexplained duplicate, no leaked secret, whatever the
+//! API, the receiver or the machine does. A fault matrix, a kill -9 loop, and secret hygiene.
+
+mod helper;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use coze_watch::sim::{Injection, Outcome, SimDocument};
+use helper::daemon::{Daemon, Workdir};
+use helper::receiver::Receiver;
+use helper::{doc, scenario, start_sim};
+use nix::sys::signal::Signal;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// `n` documents per dataset, finishing between `lo` and `hi` seconds, 1 in 10 failing.
+fn workload(datasets: usize, per: usize, lo: u64, hi: u64) -> Vec<(String, Vec<SimDocument>)> {
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    (0..datasets)
+        .map(|d| {
+            let docs = (0..per)
+                .map(|i| {
+                    let id = format!("{}", 7_500_000_000_000_000_000u64 + (d * per + i) as u64);
+                    let secs = lo + next() % (hi - lo + 1);
+                    let outcome = if next() % 10 == 0 {
+                        Outcome::Failed
+                    } else {
+                        Outcome::Completed
+                    };
+                    doc(&id, secs, outcome)
+                })
+                .collect();
+            (format!("{}", 7_400_000_000_000_000_000u64 + d as u64), docs)
+        })
+        .collect()
+}
+
+fn watch_all(w: &[(String, Vec<SimDocument>)]) -> String {
+    let mut s = String::from("watch:\n");
+    for (ds, docs) in w {
+        let ids: Vec<String> = docs.iter().map(|d| format!("\"{}\"", d.id)).collect();
+        s.push_str(&format!(
+            "  - dataset: \"{ds}\"\n    documents: [{}]\n",
+            ids.join(", ")
+        ));
+    }
+    s
+}
+
+fn hook(url: &str) -> String {
+    format!(
+        "  - name: hook\n    type: webhook\n    url: {url}\n    events: [document.completed, document.failed]\n    retry: {{initial: 1s, max: 2s, multiplier: 2}}\n"
+    )
+}
+
+/// Each document's event ids as the receiver saw them.
+fn received_by_document(rx: &Receiver) -> BTreeMap<String, Vec<String>> {
+    let mut by_doc: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in rx.requests() {
+        let v = r.json();
+        by_doc
+            .entry(v["data"]["document_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(v["data"]["event_id"].as_str().unwrap().to_string());
+    }
+    by_doc
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const FAULT_POLL: &str = "  min_interval: 500ms\n  max_interval: 2s\n  error_backoff: {initial: 200ms, max: 1s, multiplier: 2}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_kind_in_turn_loses_and_duplicates_nothing() {
+    let w = workload(4, 50, 3, 40);
+    let sim = start_sim(scenario(
+        w.iter()
+            .map(|(d, docs)| (d.as_str(), docs.clone()))
+            .collect(),
+    ))
+    .await;
+    let rx = Receiver::start(vec![]).await;
+    let work = Workdir::new();
+    work.write_config(
+        &sim.base_url(),
+        FAULT_POLL,
+        &format!("{}{}", hook(&rx.url("/h")), watch_all(&w)),
+    );
+    let mut d = Daemon::start(&work);
+    d.wait_for("watching", SECS(10)).await;
+    let status = |http, code, retry_after_secs| Injection::Status {
+        http,
+        code,
+        retry_after_secs,
+    };
+    let kinds: Vec<(&str, Injection)> = vec![
+        ("5xx", status(500, Some(5000), None)),
+        ("HTML 502", Injection::Html { http: 502 }),
+        ("429 with Retry-After", status(429, Some(4013), Some(1))),
+        ("code 4013", status(200, Some(4013), None)),
+        ("code 5000", status(200, Some(5000), None)),
+        (
+            "malformed JSON",
+            Injection::Raw {
+                http: 200,
+                body: "{\"code\":0,\"data\":{\"data\":[{\"document_id\":".into(),
+            },
+        ),
+        ("truncated JSON", Injection::Truncated),
+        ("unknown extra fields", Injection::ExtraFields),
+        (
+            "unknown status value",
+            Injection::UnknownStatus { status: 7 },
+        ),
+        ("progress backwards", Injection::ProgressBack),
+        (
+            "slow past the request timeout",
+            Injection::Delay { ms: 2500 },
+        ),
+        ("connection reset", Injection::Reset),
+    ];
+    let mut injected = 0;
+    for (what, inj) in kinds {
+        sim.inject(vec![inj.clone(), inj.clone(), inj]);
+        injected += 3;
+        let want = injected;
+        wait_until(&format!("the {what} faults to be served"), SECS(30), || {
+            sim.stats().faults >= want
+        })
+        .await;
+        assert!(
+            d.count("panicked") == 0,
+            "after {what}: {}",
+            d.lines().join("\n")
+        );
+    }
+    let expected: usize = w.iter().map(|(_, docs)| docs.len()).sum();
+    wait_until("every terminal event", SECS(60), || {
+        received_by_document(&rx).len() >= expected
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let by_doc = received_by_document(&rx);
+    assert_eq!(
+        by_doc.len(),
+        expected,
+        "every document's terminal event arrived"
+    );
+    for (doc, ids) in &by_doc {
+        assert_eq!(
+            ids.len(),
+            1,
+            "{doc} was delivered {} times: {ids:?}",
+            ids.len()
+        );
+    }
+    assert!(
+        d.count("unknown document status") >= 1,
+        "the unknown status was noticed"
+    );
+    for (_, docs) in &w {
+        for x in docs {
+            let ty = if x.outcome == Outcome::Failed {
+                "failed"
+            } else {
+                "completed"
+            };
+            assert_eq!(
+                d.count(&format!("document.{ty} {}", x.id)),
+                1,
+                "log line for {}",
+                x.id
+            );
+        }
+    }
+    d.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_twenty_times_loses_nothing_and_duplicates_keep_their_event_id() {
+    let w = workload(10, 50, 1, 25);
+    let sim = start_sim(scenario(
+        w.iter()
+            .map(|(d, docs)| (d.as_str(), docs.clone()))
+            .collect(),
+    ))
+    .await;
+    let rx = Receiver::start(vec![]).await;
+    let work = Workdir::new();
+    work.write_config(
+        &sim.base_url(),
+        FAULT_POLL,
+        &format!("{}{}", hook(&rx.url("/h")), watch_all(&w)),
+    );
+    let mut seed: u64 = 20261130;
+    let mut opened = 0;
+    for round in 0..20 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let delay = 300 + (seed >> 33) % 1200;
+        let mut d = Daemon::start(&work);
+        // Random moments from the start: some land in start-up, most while polling and
+        // delivering.
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        d.signal(Signal::SIGKILL);
+        let status = d.wait_exit(SECS(5)).await;
+        assert!(
+            status.code().is_none(),
+            "round {round}: exited by itself: {status:?}\n{}",
+            d.lines().join("\n")
+        );
+        let log = d.lines().join("\n");
+        assert!(
+            !log.contains("corrupt") && !log.contains(" ERROR "),
+            "round {round}: {log}"
+        );
+        opened += d.count("store open");
+    }
+    assert!(
+        opened >= 10,
+        "most rounds got past start-up ({opened} of 20)"
+    );
+    let mut d = Daemon::start(&work);
+    d.wait_for("store open", SECS(10)).await;
+    let expected: usize = w.iter().map(|(_, docs)| docs.len()).sum();
+    wait_until("every terminal event", SECS(60), || {
+        received_by_document(&rx).len() >= expected
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let by_doc = received_by_document(&rx);
+    assert_eq!(
+        by_doc.len(),
+        expected,
+        "every event delivered at least once"
+    );
+    let mut duplicates = 0;
+    for (doc, ids) in &by_doc {
+        let distinct: BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            1,
+            "{doc} fired twice with different event ids: {ids:?}"
+        );
+        duplicates += ids.len() - 1;
+    }
+    eprintln!("{duplicates} redeliveries after kill -9, each with its original event id");
+    d.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_secrets_appear_nowhere() {
+    const TOKEN: &str = "pat_SENTINELTOKEN7f3a9c2e";
+    let key =
+        base64::engine::general_purpose::STANDARD.encode(b"SENTINEL-WEBHOOK-KEY-0123456789ab");
+    let secret = format!("whsec_{key}");
+    let mut sc = scenario(vec![(
+        "7400000000000000001",
+        vec![
+            doc("7500000000000000001", 1, Outcome::Completed),
+            doc("7500000000000000002", 1, Outcome::Failed),
+        ],
+    )]);
+    sc.token = TOKEN.into();
+    let sim = start_sim(sc).await;
+    let rx = Receiver::start(vec![helper::receiver::Reply::Status(500)]).await;
+    let work = Workdir::new();
+    let out = work.path().join("env.txt");
+    let script = work.path().join("hook.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv > {}\ncat >> {}\n",
+            out.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let notifiers = format!(
+        "  - name: hook\n    type: webhook\n    url: {}\n    secret: ${{HOOK_SECRET}}\n    headers: {{Authorization: \"Bearer ${{HOOK_SECRET}}\"}}\n    retry: {{initial: 1s, max: 1s, multiplier: 1}}\n  - name: run\n    type: exec\n    command: [\"{}\"]\n",
+        rx.url("/h"),
+        script.display(),
+    );
+    let watched = helper::daemon::watch(
+        "7400000000000000001",
+        &[
+            "7500000000000000001",
+            "7500000000000000002",
+            "7500000000000000099",
+        ],
+    );
+    let mut leaks: Vec<(String, String)> = Vec::new();
+    let mut check = |what: &str, text: &str| {
+        if text.contains(TOKEN) || text.contains(&key) {
+            leaks.push((what.to_string(), text.chars().take(400).collect()));
+        }
+    };
+    for format in ["text", "json"] {
+        let work_rest = format!("{notifiers}log:\n  format: {format}\n{watched}");
+        work.write_config(&sim.base_url(), FAULT_POLL, &work_rest);
+        let mut d = Daemon::start_with(
+            &work,
+            &[
+                ("COZE_API_TOKEN", TOKEN),
+                ("HOOK_SECRET", &secret),
+                ("RUST_LOG", "trace"),
+            ],
+        );
+        if format == "text" {
+            d.wait_for("delivery failed; will retry", SECS(15)).await;
+            wait_until("the exec hook", SECS(15), || out.exists()).await;
+        } else {
+            tokio::time::sleep(SECS(2)).await;
+        }
+        d.stop().await;
+        check(&format!("{format} log"), &d.lines().join("\n"));
+    }
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_coze-watch"))
+            .args(args)
+            .arg("-c")
+            .arg(work.config_path())
+            .env_clear()
+            .env("HOME", work.path())
+            .env("COZE_API_TOKEN", TOKEN)
+            .env("HOOK_SECRET", &secret)
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    check("status", &run(&["status"]));
+    check("status --json", &run(&["status", "--json"]));
+    check("deliveries", &run(&["deliveries"]));
+    check("check", &run(&["check"]));
+    check("notify-test", &run(&["notify-test", "hook"]));
+    for entry in std::fs::read_dir(work.state_dir()).unwrap() {
+        let p = entry.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        check(&p.display().to_string(), &String::from_utf8_lossy(&bytes));
+    }
+    let child_env = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        child_env.contains("COZE_WATCH_EVENT="),
+        "the hook ran: {child_env}"
+    );
+    check("exec child environment", &child_env);
+    // A refused token: the error path prints no token either.
+    let wrong = Command::new(env!("CARGO_BIN_EXE_coze-watch"))
+        .args([
+            "wait",
+            "7400000000000000001",
+            "7500000000000000001",
+            "--base-url",
+            &sim.base_url(),
+        ])
+        .env_clear()
+        .env("COZE_API_TOKEN", "pat_SENTINELTOKEN7f3a9c2eWRONG")
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(4));
+    check(
+        "wait with a refused token",
+        &String::from_utf8_lossy(&wrong.stderr),
+    );
+    assert!(
+        rx.requests()
+            .iter()
+            .any(|r| r.header("authorization").contains(&key)),
+        "the header was sent"
+    );
+    assert!(leaks.is_empty(), "secrets leaked: {leaks:#?}");
+    sim.shutdown().await;
+}
