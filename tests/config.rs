@@ -531,3 +531,11 @@ fn worst_case_requests_per_day_counts_batches_and_caps() {
     let c = Fixture::new().load(&capped).unwrap().config;
     assert_eq!(c.worst_case_requests_per_day(), (3000, 25_920));
 }
+
+#[test]
+fn a_token_file_that_is_a_device_or_huge_is_refused() {
+    let f = Fixture::new().without("COZE_API_TOKEN");
+    let yaml = format!("api:\n  token_file: /dev/zero\n{WATCH}");
+    let e = f.error(&yaml);
+    assert!(e.to_string().contains("larger than 64 KiB"), "{e}");
+}

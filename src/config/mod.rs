@@ -58,6 +58,21 @@ pub fn load(
     resolve::load(path, env, mode)
 }
 
+/// Loads and validates config text as if read from `file` (includes are relative to it). For
+/// the fuzzer and for callers that already hold the text.
+pub fn load_text(
+    text: &str,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    mode: Mode,
+) -> Result<Loaded, Diagnostics> {
+    let src = error::Source {
+        file: file.to_path_buf(),
+        text: text.to_string(),
+    };
+    resolve::load_source(src, env, mode)
+}
+
 /// The process environment, as `load` wants it.
 pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
@@ -130,13 +145,28 @@ impl TokenSource {
                     "environment variable {name} is not set (set it, or use api.token_file)"
                 )),
             },
-            TokenSource::File(path) => match std::fs::read_to_string(path) {
+            TokenSource::File(path) => match read_small(path) {
                 Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
                 Ok(_) => Err(format!("token file {} is empty", path.display())),
                 Err(e) => Err(format!("cannot read token file {}: {e}", path.display())),
             },
         }
     }
+}
+
+/// Reads a small text file (a token), refusing anything larger than 64 KiB rather than
+/// reading a device or a huge file into memory.
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    const LIMIT: u64 = 64 * 1024;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(LIMIT + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > LIMIT {
+        return Err(std::io::Error::other("larger than 64 KiB; not a token"));
+    }
+    Ok(text)
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -130,17 +130,24 @@ pub fn load(
     env: &dyn Fn(&str) -> Option<String>,
     mode: Mode,
 ) -> Result<Loaded, Diagnostics> {
+    match read_source(path) {
+        Ok(src) => load_source(src, env, mode),
+        Err(e) => Err(Diagnostics {
+            errors: vec![e],
+            warnings: Vec::new(),
+        }),
+    }
+}
+
+pub fn load_source(
+    src: Source,
+    env: &dyn Fn(&str) -> Option<String>,
+    mode: Mode,
+) -> Result<Loaded, Diagnostics> {
     let mut ctx = Ctx {
         env,
         mode,
         diags: Diagnostics::default(),
-    };
-    let src = match read_source(path) {
-        Ok(src) => src,
-        Err(e) => {
-            ctx.diags.errors.push(e);
-            return Err(ctx.diags);
-        }
     };
     let raw: RawConfig = if src.text.trim().is_empty() {
         RawConfig::default()
