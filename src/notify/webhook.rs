@@ -77,34 +77,12 @@ impl WebhookNotifier {
             crate::wall::UnixMs::now().0,
         );
         self.with_throttle(|t| t.record(tokio::time::Instant::now()));
-        let mut request = self.http.post(url).json(&body);
-        for (name, value) in &self.config.headers {
-            if let Some((n, v)) = header(name, value) {
-                request = request.header(n, v);
-            }
-        }
-        let response = match request.send().await {
+        let response = match self.post(self.http.post(url).json(&body)).await {
             Ok(r) => r,
-            Err(e) => {
-                return Outcome::Retry {
-                    error: format!("{}: {}", self.config.url, transport_error(&e)),
-                    retry_after: None,
-                };
-            }
+            Err(failed) => return failed,
         };
-        let status = response.status();
-        if status != StatusCode::OK {
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(crate::coze::error::parse_retry_after);
-            let snippet = body_snippet(response).await;
-            return classify(
-                status,
-                retry_after,
-                &format!("{}: HTTP {}{snippet}", self.config.url, status.as_u16()),
-            );
+        if response.status() != StatusCode::OK {
+            return self.answer(response).await;
         }
         let text = read_text(response).await;
         match chat::read_answer(self.config.format, &text) {
@@ -155,20 +133,31 @@ impl WebhookNotifier {
             let signature = key.sign(&job.event_id, timestamp, job.body.as_bytes());
             request = request.header("webhook-signature", signature);
         }
+        let response = match self.post(request.body(job.body.clone())).await {
+            Ok(r) => r,
+            Err(failed) => return failed,
+        };
+        self.answer(response).await
+    }
+
+    /// Adds the configured headers, sends, and turns a transport failure into a retry.
+    async fn post(
+        &self,
+        mut request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Outcome> {
         for (name, value) in &self.config.headers {
             if let Some((n, v)) = header(name, value) {
                 request = request.header(n, v);
             }
         }
-        let response = match request.body(job.body.clone()).send().await {
-            Ok(r) => r,
-            Err(e) => {
-                return Outcome::Retry {
-                    error: format!("{}: {}", self.config.url, transport_error(&e)),
-                    retry_after: None,
-                };
-            }
-        };
+        request.send().await.map_err(|e| Outcome::Retry {
+            error: format!("{}: {}", self.config.url, transport_error(&e)),
+            retry_after: None,
+        })
+    }
+
+    /// Classifies an answer by its HTTP status (SPEC section 6).
+    async fn answer(&self, response: reqwest::Response) -> Outcome {
         let status = response.status();
         let retry_after = response
             .headers()
