@@ -33,3 +33,4 @@ pub mod store;
 pub mod tracker;
 pub mod wait;
 pub mod wall;
+pub mod window;

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::window::Throttle;
+
 /// Requests allowed at once before the per-second rate applies.
 pub const BURST: f64 = 2.0;
 const DAY: f64 = 86_400.0;
@@ -50,6 +52,9 @@ impl Bucket {
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
     per_second: Bucket,
+    /// At most `60 * per_second` in any minute, burst included (Coze quotas are per second
+    /// and per minute).
+    per_minute: Throttle,
     /// Capacity and rate are chosen so that no 24-hour window holds more than the budget:
     /// capacity + rate * 1 day == budget.
     per_day: Option<Bucket>,
@@ -64,6 +69,9 @@ impl RateLimiter {
             Bucket::new(capacity, (budget - capacity).max(0.0) / DAY, now)
         });
         RateLimiter {
+            per_minute: Throttle::new(
+                (per_second * 60.0).floor().clamp(1.0, u32::MAX as f64) as u32
+            ),
             per_second: Bucket::new(BURST, per_second, now),
             per_day,
             paused_until: None,
@@ -79,7 +87,10 @@ impl RateLimiter {
             self.paused_until = None;
         }
         self.per_second.refill(now);
-        let mut ready = self.per_second.ready_at(now);
+        let mut ready = self
+            .per_second
+            .ready_at(now)
+            .max(self.per_minute.ready_at(now));
         if let Some(day) = &mut self.per_day {
             day.refill(now);
             if day.rate <= 0.0 && day.tokens < 1.0 {
@@ -93,6 +104,7 @@ impl RateLimiter {
             return Err(ready);
         }
         self.per_second.tokens -= 1.0;
+        self.per_minute.record(now);
         if let Some(day) = &mut self.per_day {
             day.tokens -= 1.0;
         }
@@ -142,12 +154,29 @@ mod tests {
     }
 
     #[test]
+    fn one_per_second_never_exceeds_60_in_any_minute() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(1.0, None, t0);
+        let got = grants_until(&mut l, t0, t0 + Duration::from_secs(600));
+        for (i, g) in got.iter().enumerate() {
+            let in_minute = got[i..]
+                .iter()
+                .filter(|x| **x - *g < Duration::from_secs(60))
+                .count();
+            assert!(
+                in_minute <= 60,
+                "{in_minute} requests within a minute of request {i}"
+            );
+        }
+    }
+
+    #[test]
     fn holds_the_rate_over_a_long_burst_of_demand() {
         let t0 = Instant::now();
         let mut l = RateLimiter::new(2.0, None, t0);
-        let got = grants_until(&mut l, t0, t0 + Duration::from_secs(60));
-        // 60 s at 2/s plus the burst of 2, and never more.
-        assert!(got.len() <= 122 && got.len() >= 121, "{}", got.len());
+        let got = grants_until(&mut l, t0, t0 + Duration::from_millis(59_999));
+        // 2/s is 120 a minute, burst included.
+        assert!(got.len() <= 120 && got.len() >= 118, "{}", got.len());
     }
 
     #[test]

@@ -10,7 +10,6 @@ pub mod dispatcher;
 pub mod exec;
 pub mod log;
 pub mod signature;
-pub mod throttle;
 pub mod webhook;
 
 use std::future::Future;

@@ -14,12 +14,12 @@ use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use std::sync::Mutex;
 
 use super::signature::SigningKey;
-use super::throttle::Throttle;
 use super::{BoxFuture, Job, Notifier, Outcome, chat};
 use crate::config::{RetryPolicy, WebhookConfig};
 use crate::coze::http_client_builder;
 use crate::event::EventBody;
 use crate::secret::Secret;
+use crate::window::Throttle;
 
 /// How much of a failing answer's body goes into the error message.
 const ERROR_BODY_BYTES: usize = 200;

@@ -1,7 +1,8 @@
-//! A per-notifier message throttle: at most `per_minute` messages in any 60-second window.
+//! A sliding one-minute window: at most `per_minute` events in any 60-second span.
 //!
-//! Pure logic on explicit instants; the webhook notifier records each send and the dispatcher
-//! asks when the next one may go.
+//! Pure logic on explicit instants. The API rate limiter uses it so that a per-second budget
+//! never adds up to more than the per-minute quota (a token bucket alone allows its burst on
+//! top), and the chat notifiers use it as their `max_per_minute` throttle.
 
 use std::collections::VecDeque;
 use std::time::Duration;
