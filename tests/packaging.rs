@@ -509,3 +509,26 @@ fn status_without_a_store_exits_65_and_creates_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no store at"));
     assert!(!work.state_dir().exists(), "status created the state dir");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_delivery_can_be_dropped() {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
+    let rx = Receiver::start(vec![Reply::Status(400)]).await;
+    let work = Workdir::new();
+    let rest = format!(
+        "  - name: hook\n    type: webhook\n    url: {}\n{}",
+        rx.url("/h"),
+        watch(DS, &[A])
+    );
+    work.write_config(&sim.base_url(), FAST_POLL, &rest);
+    let mut d = Daemon::start(&work);
+    d.wait_for("delivery is dead", SECS(15)).await;
+    d.stop().await;
+    let id = rx.requests()[0].header("webhook-id").to_string();
+    let out = cli(&work, &["deliveries", "--drop", &id]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("dropped 1 dead deliveries"), "{text}");
+    assert!(text.contains("0 dead deliveries"), "{text}");
+    sim.shutdown().await;
+}
