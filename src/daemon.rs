@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::notify::{Dispatcher, DispatcherHandle, Notifier};
 use crate::ops::OpsState;
 use crate::poller::{PollReport, poll_dataset};
-use crate::schedule::{self, DatasetSchedule, Failure, Processing, SchedulePolicy};
+use crate::schedule::{DatasetSchedule, DueQueue, Failure, Processing, SchedulePolicy};
 use crate::store::{DirLock, NewEvent, Store, StoreError, StoreHandle, StoredSchedule};
 use crate::tracker::{DocState, TrackerPolicy};
 use crate::wall::UnixMs;
@@ -133,6 +133,7 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
         extra,
         live: HashMap::new(),
         schedules: HashMap::new(),
+        queue: DueQueue::default(),
         in_flight: HashSet::new(),
         rng: StdRng::from_rng(&mut rand::rng()),
     };
@@ -187,6 +188,8 @@ struct Engine {
     /// Live (non-terminal) watched documents, per dataset.
     live: HashMap<DatasetId, BTreeMap<DocumentId, DocState>>,
     schedules: HashMap<DatasetId, DatasetSchedule>,
+    /// Datasets with a schedule and no poll running, by next poll time.
+    queue: DueQueue,
     in_flight: HashSet<DatasetId>,
     rng: StdRng,
 }
@@ -247,11 +250,21 @@ impl Engine {
     }
 
     fn next_due(&self) -> Option<Instant> {
-        self.schedules
-            .iter()
-            .filter(|(ds, _)| !self.in_flight.contains(*ds))
-            .map(|(_, s)| s.next_poll)
-            .min()
+        self.queue.next()
+    }
+
+    /// Sets a dataset's schedule and queues its next poll (unless a poll of it is running;
+    /// it is queued when that finishes).
+    fn set_schedule(&mut self, ds: DatasetId, schedule: DatasetSchedule) {
+        if !self.in_flight.contains(&ds) {
+            self.queue.insert(ds.clone(), schedule.next_poll);
+        }
+        self.schedules.insert(ds, schedule);
+    }
+
+    fn drop_schedule(&mut self, ds: &DatasetId) {
+        self.schedules.remove(ds);
+        self.queue.remove(ds);
     }
 
     fn start_due_polls(&mut self, polls: &mut JoinSet<PollResult>) {
@@ -263,15 +276,7 @@ impl Engine {
         if slots == 0 {
             return;
         }
-        let now = Instant::now();
-        let due = schedule::pick_due(
-            self.schedules
-                .iter()
-                .filter(|(ds, _)| !self.in_flight.contains(*ds))
-                .map(|(ds, s)| (ds, s.next_poll)),
-            now,
-            slots,
-        );
+        let due = self.queue.pop_due(Instant::now(), slots);
         for ds in due {
             let docs: Vec<DocState> = self
                 .live
@@ -279,7 +284,7 @@ impl Engine {
                 .map(|m| m.values().cloned().collect())
                 .unwrap_or_default();
             if docs.is_empty() {
-                self.schedules.remove(&ds);
+                self.drop_schedule(&ds);
                 continue;
             }
             self.in_flight.insert(ds.clone());
@@ -330,6 +335,7 @@ impl Engine {
                 let u = self.rng.random::<f64>();
                 s.on_failure(now, Failure::Backoff, &self.policy.schedule, u);
             }
+            self.requeue(&ds);
             return;
         }
         tracing::debug!(dataset_id = %ds, requests = report.requests, events = n_events, took_ms = started.elapsed().as_millis() as u64, "poll recorded");
@@ -343,12 +349,21 @@ impl Engine {
             }
             if docs.is_empty() {
                 self.live.remove(&ds);
-                self.schedules.remove(&ds);
                 self.metrics.health.dataset_gone(&ds);
             }
         }
+        self.requeue(&ds);
         if n_events > 0 {
             self.dispatch.wake();
+        }
+    }
+
+    /// After a poll: queue the dataset's next poll, or forget its schedule when nothing of it
+    /// is live any more (all terminal, or removed by a reload meanwhile).
+    fn requeue(&mut self, ds: &DatasetId) {
+        match self.schedules.get(ds) {
+            Some(s) if self.live.contains_key(ds) => self.queue.insert(ds.clone(), s.next_poll),
+            _ => self.drop_schedule(ds),
         }
     }
 
@@ -544,7 +559,15 @@ impl Engine {
                 tracing::info!(documents = n, "new documents watched");
             }
         }
-        self.schedules.retain(|ds, _| live.contains_key(ds));
+        let gone: Vec<DatasetId> = self
+            .schedules
+            .keys()
+            .filter(|ds| !live.contains_key(*ds))
+            .cloned()
+            .collect();
+        for ds in &gone {
+            self.drop_schedule(ds);
+        }
         for ds in live.keys() {
             if self.schedules.contains_key(ds) {
                 continue;
@@ -553,8 +576,7 @@ impl Engine {
                 Some(s) if first => (now + s.next_poll_at.since(now_wall), s.failures),
                 _ => (now, 0),
             };
-            self.schedules
-                .insert(ds.clone(), DatasetSchedule::new(at, failures));
+            self.set_schedule(ds.clone(), DatasetSchedule::new(at, failures));
         }
         self.live = live;
     }

@@ -5,7 +5,7 @@
 //! caller, so every rule is tested exactly. This module never sleeps, never reads a clock and
 //! never talks to the API.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -180,25 +180,60 @@ pub fn backoff(policy: &BackoffConfig, failures: u32, u: f64) -> Duration {
     stretch(base, BACKOFF_JITTER, u)
 }
 
-/// The datasets to poll now, earliest due first, at most `slots` of them. Earliest-due-first
-/// means the dataset that has waited longest always goes next, so none starves however scarce
-/// requests are.
-pub fn pick_due<'a>(
-    due: impl IntoIterator<Item = (&'a DatasetId, Instant)>,
-    now: Instant,
-    slots: usize,
-) -> Vec<DatasetId> {
-    let mut ready: Vec<(Instant, &DatasetId)> = due
-        .into_iter()
-        .filter(|(_, at)| *at <= now)
-        .map(|(id, at)| (at, id))
-        .collect();
-    ready.sort();
-    ready
-        .into_iter()
-        .take(slots)
-        .map(|(_, id)| id.clone())
-        .collect()
+/// Datasets waiting for their next poll, ordered by when it is due.
+///
+/// Taking the earliest due first means the dataset that has waited longest always goes next,
+/// so none starves however scarce requests are. O(log n) per change, so 100,000 documents in
+/// thousands of datasets cost nothing per wake-up.
+#[derive(Debug, Default)]
+pub struct DueQueue {
+    order: BTreeSet<(Instant, DatasetId)>,
+    due: HashMap<DatasetId, Instant>,
+}
+
+impl DueQueue {
+    /// Queues `dataset` for `at`, replacing any earlier entry.
+    pub fn insert(&mut self, dataset: DatasetId, at: Instant) {
+        if let Some(old) = self.due.insert(dataset.clone(), at) {
+            self.order.remove(&(old, dataset.clone()));
+        }
+        self.order.insert((at, dataset));
+    }
+
+    pub fn remove(&mut self, dataset: &DatasetId) {
+        if let Some(old) = self.due.remove(dataset) {
+            self.order.remove(&(old, dataset.clone()));
+        }
+    }
+
+    /// When the earliest queued poll is due.
+    pub fn next(&self) -> Option<Instant> {
+        self.order.first().map(|(at, _)| *at)
+    }
+
+    /// Takes up to `slots` datasets due at `now`, earliest first.
+    pub fn pop_due(&mut self, now: Instant, slots: usize) -> Vec<DatasetId> {
+        let mut out = Vec::new();
+        while out.len() < slots {
+            match self.order.first() {
+                Some((at, _)) if *at <= now => {}
+                _ => break,
+            }
+            if let Some((_, ds)) = self.order.pop_first() {
+                self.due.remove(&ds);
+                out.push(ds);
+            }
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -380,20 +415,43 @@ mod tests {
     fn earliest_due_goes_first_and_none_starves() {
         let t0 = Instant::now();
         let ids: Vec<DatasetId> = (0..4).map(|i| DatasetId::new(i.to_string())).collect();
-        let mut due: Vec<Instant> = vec![t0 + S(3), t0 + S(1), t0 + S(2), t0 + S(100)];
-        let picked = pick_due(ids.iter().zip(due.iter().copied()), t0 + S(5), 2);
-        assert_eq!(picked, [ids[1].clone(), ids[2].clone()]);
-        // One slot a round: every overdue dataset is served within as many rounds as there are.
+        let mut q = DueQueue::default();
+        for (id, at) in ids.iter().zip([S(3), S(1), S(2), S(100)]) {
+            q.insert(id.clone(), t0 + at);
+        }
+        assert_eq!(q.next(), Some(t0 + S(1)));
+        assert_eq!(q.pop_due(t0 + S(5), 2), [ids[1].clone(), ids[2].clone()]);
+        assert_eq!(
+            q.pop_due(t0 + S(5), 2),
+            [ids[0].clone()],
+            "only what is due"
+        );
+        // One slot a round, every served dataset due again at once: all are served in turn.
+        for id in &ids[..3] {
+            q.insert(id.clone(), t0 + S(6));
+        }
         let mut served = Vec::new();
         let mut now = t0 + S(200);
         for _ in 0..4 {
-            let p = pick_due(ids.iter().zip(due.iter().copied()), now, 1);
-            let i: usize = p[0].as_str().parse().unwrap();
-            served.push(i);
-            due[i] = now + S(1); // a busy dataset comes back due at once
+            let p = q.pop_due(now, 1);
+            served.push(p[0].clone());
+            q.insert(p[0].clone(), now + S(1));
             now += S(1);
         }
         served.sort();
-        assert_eq!(served, [0, 1, 2, 3]);
+        assert_eq!(served, ids);
+    }
+
+    #[test]
+    fn requeueing_replaces_the_old_time() {
+        let t0 = Instant::now();
+        let mut q = DueQueue::default();
+        let a = DatasetId::new("a");
+        q.insert(a.clone(), t0 + S(10));
+        q.insert(a.clone(), t0 + S(1));
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.next(), Some(t0 + S(1)));
+        q.remove(&a);
+        assert!(q.is_empty());
     }
 }
