@@ -378,9 +378,11 @@ impl WatchList {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchedDocument {
-    pub labels: BTreeMap<String, String>,
+    /// Shared by every document of its watch entry (100,000 documents need not hold 100,000
+    /// copies).
+    pub labels: std::sync::Arc<BTreeMap<String, String>>,
     /// Notifier names; `None` means every notifier.
-    pub notify: Option<Vec<String>>,
+    pub notify: Option<std::sync::Arc<[String]>>,
 }
 
 impl Config {

@@ -1186,6 +1186,7 @@ fn add_watch_entry(
             labels.insert(k.clone(), v);
         }
     }
+    let labels = std::sync::Arc::new(labels);
     let notify = entry.notify.as_ref().map(|names| {
         for (i, n) in names.iter().enumerate() {
             if !notifiers.contains(n) {
@@ -1196,7 +1197,7 @@ fn add_watch_entry(
                 );
             }
         }
-        names.clone()
+        std::sync::Arc::<[String]>::from(names.clone())
     });
     if entry.documents.is_empty() {
         ctx.warn(src, &path.key("documents"), "no documents listed");
