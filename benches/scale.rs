@@ -189,6 +189,8 @@ struct Result {
     rss_mb: Option<f64>,
     cpu_s: Option<f64>,
     ready_ms: Option<f64>,
+    /// READY after a restart on the store the run filled.
+    restart_ready_ms: Option<f64>,
 }
 
 /// What a contender noticed: document id -> first notice time (unix ms), plus every event id.
@@ -346,21 +348,21 @@ fn footprint(pid: u32) -> (Option<f64>, Option<f64>) {
     (rss, cpu)
 }
 
-async fn run_daemon(w: &Workload) -> (Result, String) {
-    let (sim, scenario) = fresh_sim(w).await;
-    let t = truth(&sim.truth());
-    let (hook, received) = receiver().await;
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let config = daemon_config(&sim, hook, &dir.path().join("state"), &scenario, w.rps);
-    let config_path = dir.path().join("config.yaml");
-    std::fs::write(&config_path, &config).unwrap_or_else(|e| panic!("{e}"));
-    let sock_path = dir.path().join("notify.sock");
+/// Starts the release daemon and waits for READY=1 on a notify socket; returns the child and
+/// how long READY took.
+async fn spawn_daemon(
+    config_path: &Path,
+    dir: &Path,
+    token: &str,
+) -> (tokio::process::Child, Option<f64>) {
+    let sock_path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
     let sock = UnixDatagram::bind(&sock_path).unwrap_or_else(|e| panic!("{e}"));
     let spawned = std::time::Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_coze-watch"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_coze-watch"))
         .args(["run", "-c"])
-        .arg(&config_path)
-        .env("COZE_API_TOKEN", sim.token())
+        .arg(config_path)
+        .env("COZE_API_TOKEN", token)
         .env("NOTIFY_SOCKET", &sock_path)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -369,7 +371,7 @@ async fn run_daemon(w: &Workload) -> (Result, String) {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start the daemon: {e}"));
     let ready_ms = tokio::task::spawn_blocking(move || {
-        let _ = sock.set_read_timeout(Some(Duration::from_secs(60)));
+        let _ = sock.set_read_timeout(Some(Duration::from_secs(120)));
         let mut buf = [0u8; 256];
         loop {
             match sock.recv(&mut buf) {
@@ -384,6 +386,28 @@ async fn run_daemon(w: &Workload) -> (Result, String) {
     .await
     .ok()
     .flatten();
+    (child, ready_ms)
+}
+
+async fn stop(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+}
+
+async fn run_daemon(w: &Workload) -> (Result, String) {
+    let (sim, scenario) = fresh_sim(w).await;
+    let t = truth(&sim.truth());
+    let (hook, received) = receiver().await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = daemon_config(&sim, hook, &dir.path().join("state"), &scenario, w.rps);
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(&config_path, &config).unwrap_or_else(|e| panic!("{e}"));
+    let (mut child, ready_ms) = spawn_daemon(&config_path, dir.path(), sim.token()).await;
     let deadline = deadline_for(&t);
     let expected = t.terminal.len();
     let pid = child.id().unwrap_or(0);
@@ -398,16 +422,16 @@ async fn run_daemon(w: &Workload) -> (Result, String) {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss, cpu) = footprint(pid);
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    stop(&mut child).await;
+    // Start again on the store this run filled: how fast is a restart?
+    let (mut again, restart_ready_ms) = spawn_daemon(&config_path, dir.path(), sim.token()).await;
+    stop(&mut again).await;
     let notices = std::mem::take(&mut *received.0.lock().unwrap_or_else(|p| p.into_inner()));
     let mut r = summarize(&t, &notices, &sim.stats());
     r.rss_mb = rss.or(sampled.0);
     r.cpu_s = cpu.or(sampled.1);
     r.ready_ms = ready_ms;
+    r.restart_ready_ms = restart_ready_ms;
     sim.shutdown().await;
     (
         r,
@@ -619,7 +643,13 @@ fn main() {
         if wants("daemon") {
             let (r, c) = run_daemon(&w).await;
             println!("{}", row("daemon", &r, l, expected));
-            config = format!("{c}\n(ready after {})", r.ready_ms.map_or("-".into(), |m| format!("{m:.0} ms")));
+            let ms = |v: Option<f64>| v.map_or("-".to_string(), |m| format!("{m:.0} ms"));
+            config = format!(
+                "{c}\n(READY=1 after {} on a fresh store; after {} on restart with the {} documents stored)",
+                ms(r.ready_ms),
+                ms(r.restart_ready_ms),
+                t.documents
+            );
         }
         if wants("batched-5s") {
             let r = run_batched(&w).await;
