@@ -37,6 +37,8 @@ use crate::wall::UnixMs;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often old event bodies are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// A deadline that never comes (a timer with nothing to wait for).
+const NEVER: Duration = Duration::from_secs(365 * 86_400);
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -203,15 +205,31 @@ impl Engine {
 
     async fn run_loop(&mut self, ctx: &mut RunContext) {
         let mut polls: JoinSet<PollResult> = JoinSet::new();
-        let mut prune_at = Instant::now() + PRUNE_EVERY;
+        // Timers live across iterations and are reset only when their deadline changes:
+        // re-creating them on every wake-up costs more than the wake-up itself.
+        let prune = tokio::time::sleep(PRUNE_EVERY);
         // With WATCHDOG_USEC set, the loop itself wakes at half of it and pings from here, so
         // a stuck loop (or store) stops the pings.
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-        let mut ping_at = watchdog.map(|half| Instant::now() + half);
+        let ping = tokio::time::sleep(watchdog.unwrap_or(NEVER));
+        let due = tokio::time::sleep(NEVER);
+        tokio::pin!(prune, ping, due);
+        let mut due_at: Option<Instant> = None;
         loop {
             ctx.wakeups.fetch_add(1, Ordering::Relaxed);
             self.start_due_polls(&mut polls);
-            let next = self.next_due();
+            // With every request slot busy, the next wake-up is a poll finishing, not a due
+            // time that has already passed.
+            let next = if self.in_flight.len() >= self.config.api.max_concurrent_requests {
+                None
+            } else {
+                self.next_due()
+            };
+            if next != due_at {
+                due.as_mut()
+                    .reset(next.unwrap_or_else(|| Instant::now() + NEVER));
+                due_at = next;
+            }
             tracing::trace!(next_in = ?next.map(|n| n.saturating_duration_since(Instant::now())), "run loop waiting");
             tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
@@ -221,14 +239,18 @@ impl Engine {
                 },
                 Some(()) = ctx.reload.recv() => self.reload().await,
                 Some(()) = ctx.nudge.recv() => self.dispatch.wake(),
-                _ = sleep_until_opt(ping_at) => {
+                _ = &mut ping, if watchdog.is_some() => {
                     self.watchdog_ping().await;
-                    ping_at = watchdog.map(|half| Instant::now() + half);
+                    ping.as_mut().reset(Instant::now() + watchdog.unwrap_or(NEVER));
                 }
-                _ = sleep_until_opt(next) => {}
-                _ = tokio::time::sleep_until(prune_at) => {
+                _ = &mut due => {
+                    // Fired: park it until the next iteration sets a new deadline.
+                    due.as_mut().reset(Instant::now() + NEVER);
+                    due_at = None;
+                }
+                _ = &mut prune => {
                     self.prune().await;
-                    prune_at = Instant::now() + PRUNE_EVERY;
+                    prune.as_mut().reset(Instant::now() + PRUNE_EVERY);
                 }
             }
         }
@@ -720,12 +742,5 @@ fn kept_in_memory(mut state: DocState) -> DocState {
 fn sd_notify_state(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!(error = %e, "cannot notify systemd");
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

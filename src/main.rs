@@ -213,7 +213,7 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             // Before anything else: a SIGHUP or SIGTERM during start-up must not kill us.
             match EarlySignals::install() {
-                Ok(early) => run_async(run_daemon(args, early)),
+                Ok(early) => run_daemon_async(run_daemon(args, early)),
                 Err(e) => {
                     eprintln!("error: cannot install signal handlers: {e}");
                     ExitCode::FAILURE
@@ -233,11 +233,23 @@ fn main() -> ExitCode {
 }
 
 fn run_async(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    run_on(
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2),
+        fut,
+    )
+}
+
+/// The daemon's runtime: one thread. Its work is waiting on sockets and timers; a second
+/// worker would only add cross-thread wake-ups (store calls still go to the blocking pool).
+fn run_daemon_async(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    run_on(&mut tokio::runtime::Builder::new_current_thread(), fut)
+}
+
+fn run_on(
+    builder: &mut tokio::runtime::Builder,
+    fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> ExitCode {
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
