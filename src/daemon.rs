@@ -37,6 +37,8 @@ use crate::wall::UnixMs;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often old event bodies are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How stale the stored progress of a live document may get.
+const REFRESH_STORED: Duration = Duration::from_secs(60);
 /// A deadline that never comes (a timer with nothing to wait for).
 const NEVER: Duration = Duration::from_secs(365 * 86_400);
 
@@ -341,7 +343,18 @@ impl Engine {
             next_poll_at: now_wall.plus(next.saturating_duration_since(now)),
             failures: self.schedules.get(&ds).map_or(0, |s| s.failures),
         };
-        let states: Vec<DocState> = report.steps.iter().map(|s| s.state.clone()).collect();
+        let store_it: Vec<bool> = report
+            .steps
+            .iter()
+            .map(|step| self.worth_storing(&ds, step, now_wall))
+            .collect();
+        let states: Vec<DocState> = report
+            .steps
+            .iter()
+            .zip(&store_it)
+            .filter(|(_, keep)| **keep)
+            .map(|(s, _)| s.state.clone())
+            .collect();
         let n_events = events.len();
         let ds_for_store = ds.clone();
         let committed = self
@@ -362,7 +375,10 @@ impl Engine {
         }
         tracing::debug!(dataset_id = %ds, requests = report.requests, events = n_events, took_ms = started.elapsed().as_millis() as u64, "poll recorded");
         if let Some(docs) = self.live.get_mut(&ds) {
-            for step in report.steps {
+            for (mut step, stored) in report.steps.into_iter().zip(store_it) {
+                if stored {
+                    step.state.persisted_at = Some(now_wall);
+                }
                 if step.state.is_live() {
                     docs.insert(step.state.document_id.clone(), kept_in_memory(step.state));
                 } else {
@@ -378,6 +394,25 @@ impl Engine {
         if n_events > 0 {
             self.dispatch.wake();
         }
+    }
+
+    /// Whether a step's new state must be written now: when it fired events or changed
+    /// materially, and otherwise at least every [`REFRESH_STORED`] so `status` stays current.
+    /// Writing every progress tick of every document would cost a row write per document per
+    /// poll.
+    fn worth_storing(&self, ds: &DatasetId, step: &crate::tracker::Step, now: UnixMs) -> bool {
+        let Some(old) = self
+            .live
+            .get(ds)
+            .and_then(|m| m.get(&step.state.document_id))
+        else {
+            return true;
+        };
+        !step.events.is_empty()
+            || step.state.differs_materially(old)
+            || old
+                .persisted_at
+                .is_none_or(|t| now.since(t) >= REFRESH_STORED)
     }
 
     /// After a poll: queue the dataset's next poll, or forget its schedule when nothing of it

@@ -119,6 +119,10 @@ pub struct DocState {
     /// Why it is missing or timed out.
     pub reason: Option<String>,
     pub terminal_at: Option<UnixMs>,
+    /// When the daemon last wrote this state to the store. Bookkeeping of the writer, never
+    /// stored itself.
+    #[serde(skip)]
+    pub persisted_at: Option<UnixMs>,
 }
 
 impl DocState {
@@ -141,11 +145,30 @@ impl DocState {
             unknown_status_warned: None,
             reason: None,
             terminal_at: None,
+            persisted_at: None,
         }
     }
 
     pub fn is_live(&self) -> bool {
         !self.state.is_terminal()
+    }
+
+    /// Whether `self` differs from `older` in anything a restart must not lose: the lifecycle,
+    /// the stall flag, the absence count, the progress-event baseline, the status, the name or
+    /// the failure reason. Progress and remaining time alone are not: the next poll brings them
+    /// again, and a changed progress after a restart re-arms the stall clock by itself.
+    pub fn differs_materially(&self, older: &DocState) -> bool {
+        self.state != older.state
+            || self.stalled != older.stalled
+            || self.absent_count != older.absent_count
+            || self.absent_since != older.absent_since
+            || self.unknown_status_warned != older.unknown_status_warned
+            || self.progress_reported != older.progress_reported
+            || self.status != older.status
+            || older.last_seen.is_none()
+            || self.info.name != older.info.name
+            || self.info.status_descript != older.info.status_descript
+            || self.reason != older.reason
     }
 }
 
@@ -659,6 +682,18 @@ mod tests {
             &p,
         );
         assert_eq!(s.events[0].reason.as_deref(), Some("dataset_not_found"));
+    }
+
+    #[test]
+    fn progress_alone_is_not_a_material_change_but_a_stall_is() {
+        let first = see(&doc(), 0, 10, 1);
+        assert!(first.state.differs_materially(&doc()), "first sight");
+        let more = see(&first.state, 0, 15, 2);
+        assert!(!more.state.differs_materially(&first.state));
+        let stalled = see(&more.state, 0, 15, 40);
+        assert!(stalled.state.differs_materially(&more.state));
+        let done = see(&stalled.state, 1, 100, 41);
+        assert!(done.state.differs_materially(&stalled.state));
     }
 
     #[test]
