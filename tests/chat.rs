@@ -3,14 +3,14 @@
 
 mod helper;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use coze_watch::sim::Outcome;
 use helper::daemon::{Daemon, FAST_POLL, Workdir, watch};
 use helper::receiver::{Received, Receiver, Reply, hmac_sha256};
-use helper::{doc, scenario, start_sim};
+use helper::{doc, scenario, start_sim, wait_until};
 
 const DS: &str = "7400000000000000001";
 const A: &str = "7500000000000000001";
@@ -49,14 +49,6 @@ fn the_tests_own_signatures_match_known_answers() {
         dingtalk_sign("1700000000000", DINGTALK_SECRET),
         "8Csh22w7El+HZGIjWmUsa4KVCBt2ofWCeMiYCrnWBmg="
     );
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn chat(name: &str, format: &str, url: &str, extra: &str) -> String {

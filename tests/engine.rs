@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use coze_watch::sim::{Injection, Outcome};
 use helper::daemon::{Daemon, FAST_POLL, Workdir, watch};
-use helper::{doc, scenario, start_sim};
+use helper::{doc, scenario, start_sim, wait_until};
 use nix::sys::signal::Signal;
 
 const DS: &str = "7400000000000000001";
@@ -16,14 +16,6 @@ const A: &str = "7500000000000000001";
 const B: &str = "7500000000000000002";
 const Z: &str = "7500000000000000099";
 const SECS: fn(u64) -> Duration = Duration::from_secs;
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completed_and_failed_documents_log_exactly_one_event_each() {

@@ -4,12 +4,12 @@
 mod helper;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use coze_watch::sim::Outcome;
 use helper::daemon::{Daemon, FAST_POLL, Workdir, watch};
 use helper::receiver::{Receiver, Reply, reserve_port, verify, verify_request};
-use helper::{doc, scenario, start_sim};
+use helper::{doc, scenario, start_sim, wait_until};
 use nix::sys::signal::Signal;
 
 const DS: &str = "7400000000000000001";
@@ -23,14 +23,6 @@ fn hook(name: &str, url: &str, retry: &str) -> String {
     format!(
         "  - name: {name}\n    type: webhook\n    url: {url}\n    secret: {SECRET}\n    retry: {retry}\n"
     )
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[test]

@@ -5,13 +5,13 @@ mod helper;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use coze_watch::sim::{Injection, Outcome, SimDocument};
 use helper::daemon::{Daemon, Workdir};
 use helper::receiver::Receiver;
-use helper::{doc, scenario, start_sim};
+use helper::{doc, scenario, start_sim, wait_until};
 use nix::sys::signal::Signal;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -73,14 +73,6 @@ fn received_by_document(rx: &Receiver) -> BTreeMap<String, Vec<String>> {
             .push(v["data"]["event_id"].as_str().unwrap().to_string());
     }
     by_doc
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 const FAULT_POLL: &str = "  min_interval: 500ms\n  max_interval: 2s\n  error_backoff: {initial: 200ms, max: 1s, multiplier: 2}\n";
@@ -268,7 +260,7 @@ async fn kill_9_twenty_times_loses_nothing_and_duplicates_keep_their_event_id() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_secrets_appear_nowhere() {
-    const TOKEN: &str = "pat_SENTINELTOKEN7f3a9c2e";
+    const TOKEN: &str = "pat_SENTINEL-7f3a9c2e-TOKEN";
     let key =
         base64::engine::general_purpose::STANDARD.encode(b"SENTINEL-WEBHOOK-KEY-0123456789ab");
     let secret = format!("whsec_{key}");
@@ -377,7 +369,7 @@ async fn sentinel_secrets_appear_nowhere() {
             &sim.base_url(),
         ])
         .env_clear()
-        .env("COZE_API_TOKEN", "pat_SENTINELTOKEN7f3a9c2eWRONG")
+        .env("COZE_API_TOKEN", "pat_SENTINEL-7f3a9c2e-TOKEN-WRONG")
         .output()
         .unwrap();
     assert_eq!(wrong.status.code(), Some(4));

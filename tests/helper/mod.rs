@@ -43,6 +43,18 @@ pub fn scenario(datasets: Vec<(&str, Vec<SimDocument>)>) -> Scenario {
     }
 }
 
+/// Waits until `f` holds, checking every 50 ms; panics naming `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn start_sim(s: Scenario) -> sim::SimHandle {
     sim::start(s, loopback()).await.unwrap()
 }
