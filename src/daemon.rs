@@ -144,10 +144,11 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
     engine.sweep_removed_notifiers().await;
     engine.adopt_watch_list(true).await;
     let dispatcher_task = tokio::spawn(dispatcher.run(ctx.shutdown.clone(), SHUTDOWN_GRACE));
-    engine.prune().await;
     let on_ready = std::mem::replace(&mut ctx.on_ready, Box::new(|| {}));
     on_ready();
     sd_notify_state(&[sd_notify::NotifyState::Ready]);
+    // Housekeeping after READY: it is not needed to start polling.
+    engine.prune().await;
     tracing::info!(
         datasets = engine.config.watch.datasets.len(),
         documents = engine.config.watch.document_count(),
