@@ -25,6 +25,18 @@ fn hook(name: &str, url: &str, retry: &str) -> String {
     )
 }
 
+/// One document finishing after 1 s, and a webhook to a loopback port nobody listens on yet
+/// (start a `Receiver::start_on(addr, ..)` there later).
+async fn hook_not_listening_yet() -> (coze_watch::sim::SimHandle, std::net::SocketAddr, Workdir) {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
+    let addr = reserve_port();
+    let work = Workdir::new();
+    let url = format!("http://{addr}/h");
+    let rest = format!("{}{}", hook("hook", &url, FAST_RETRY), watch(DS, &[A]));
+    work.write_config(&sim.base_url(), FAST_POLL, &rest);
+    (sim, addr, work)
+}
+
 #[test]
 fn the_test_receivers_verifier_reproduces_the_published_vector() {
     assert!(verify(
@@ -179,12 +191,7 @@ async fn a_410_or_400_or_a_redirect_makes_the_delivery_dead_without_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_across_a_daemon_restart_gets_the_event_once() {
-    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
-    let addr = reserve_port();
-    let work = Workdir::new();
-    let url = format!("http://{addr}/h");
-    let rest = format!("{}{}", hook("hook", &url, FAST_RETRY), watch(DS, &[A]));
-    work.write_config(&sim.base_url(), FAST_POLL, &rest);
+    let (sim, addr, work) = hook_not_listening_yet().await;
     let mut d = Daemon::start(&work);
     d.wait_for("delivery failed; will retry", SECS(15)).await;
     d.stop().await;
@@ -201,12 +208,7 @@ async fn a_receiver_down_across_a_daemon_restart_gets_the_event_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_after_commit_before_delivery_delivers_exactly_once_with_the_original_id() {
-    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
-    let addr = reserve_port();
-    let work = Workdir::new();
-    let url = format!("http://{addr}/h");
-    let rest = format!("{}{}", hook("hook", &url, FAST_RETRY), watch(DS, &[A]));
-    work.write_config(&sim.base_url(), FAST_POLL, &rest);
+    let (sim, addr, work) = hook_not_listening_yet().await;
     let d = Daemon::start(&work);
     d.wait_for(&format!("document.completed {A}"), SECS(15))
         .await;

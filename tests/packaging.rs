@@ -309,14 +309,16 @@ fn listing(dir: &Path) -> Vec<(String, u32, u64)> {
     v
 }
 
-fn cli(work: &Workdir, args: &[&str]) -> std::process::Output {
-    Command::new(bin())
+/// Runs `coze-watch ARGS -c config` without blocking the runtime the simulator runs on.
+async fn cli(work: &Workdir, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(bin())
         .args(args)
         .arg("-c")
         .arg(work.config_path())
         .env_clear()
         .env("HOME", work.path())
         .output()
+        .await
         .unwrap()
 }
 
@@ -340,21 +342,7 @@ async fn status_json_matches_what_happened_and_changes_no_file() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let before = listing(&work.state_dir());
-    let out = tokio::task::spawn_blocking({
-        let cfg = work.config_path();
-        let home = work.path().to_path_buf();
-        move || {
-            Command::new(bin())
-                .args(["status", "--json", "-c"])
-                .arg(cfg)
-                .env_clear()
-                .env("HOME", home)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let out = cli(&work, &["status", "--json"]).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -390,7 +378,7 @@ async fn status_json_matches_what_happened_and_changes_no_file() {
 
     d.stop().await;
     let stopped = listing(&work.state_dir());
-    let out = cli(&work, &["status"]);
+    let out = cli(&work, &["status"]).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -424,36 +412,11 @@ async fn a_dead_delivery_requeued_with_deliveries_retry_is_delivered() {
     let mut d = Daemon::start(&work);
     d.wait_for("delivery is dead", SECS(15)).await;
     let event_id = rx.requests()[0].header("webhook-id").to_string();
-    let work_dir = work.path().to_path_buf();
-    let cfg = work.config_path();
-    let listed = tokio::task::spawn_blocking(move || {
-        Command::new(bin())
-            .args(["deliveries", "-c"])
-            .arg(&cfg)
-            .env_clear()
-            .env("HOME", &work_dir)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let listed = cli(&work, &["deliveries"]).await;
     let text = String::from_utf8_lossy(&listed.stdout);
     assert!(text.contains("1 dead deliveries"), "{text}");
     assert!(text.contains(&event_id), "{text}");
-    let work_dir = work.path().to_path_buf();
-    let cfg = work.config_path();
-    let id = event_id.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(bin())
-            .args(["deliveries", "--retry", &id, "-c"])
-            .arg(&cfg)
-            .env_clear()
-            .env("HOME", &work_dir)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = cli(&work, &["deliveries", "--retry", &event_id]).await;
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("re-queued 1 dead deliveries"));
     wait_until("the re-queued delivery", SECS(10), || {
@@ -492,11 +455,11 @@ async fn json_logs_are_one_object_per_line() {
     sim.shutdown().await;
 }
 
-#[test]
-fn status_without_a_store_exits_65_and_creates_nothing() {
+#[tokio::test]
+async fn status_without_a_store_exits_65_and_creates_nothing() {
     let work = Workdir::new();
     work.write_config("http://127.0.0.1:9", FAST_POLL, &watch(DS, &[A]));
-    let out = cli(&work, &["status"]);
+    let out = cli(&work, &["status"]).await;
     assert_eq!(out.status.code(), Some(65));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no store at"));
     assert!(!work.state_dir().exists(), "status created the state dir");
@@ -517,7 +480,7 @@ async fn a_dead_delivery_can_be_dropped() {
     d.wait_for("delivery is dead", SECS(15)).await;
     d.stop().await;
     let id = rx.requests()[0].header("webhook-id").to_string();
-    let out = cli(&work, &["deliveries", "--drop", &id]);
+    let out = cli(&work, &["deliveries", "--drop", &id]).await;
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("dropped 1 dead deliveries"), "{text}");

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use coze_watch::sim::{Injection, Outcome, SimDocument};
+use coze_watch::sim::{Injection, Outcome, SimDocument, SimHandle};
 use helper::daemon::{Daemon, Workdir};
 use helper::receiver::Receiver;
 use helper::{doc, scenario, start_sim, wait_until};
@@ -75,11 +75,9 @@ fn received_by_document(rx: &Receiver) -> BTreeMap<String, Vec<String>> {
     by_doc
 }
 
-const FAULT_POLL: &str = "  min_interval: 500ms\n  max_interval: 2s\n  error_backoff: {initial: 200ms, max: 1s, multiplier: 2}\n";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_fault_kind_in_turn_loses_and_duplicates_nothing() {
-    let w = workload(4, 50, 3, 40);
+/// The simulator serving `w`, a webhook receiver, and a config watching all of `w` that
+/// notifies the receiver.
+async fn serve_workload(w: &[(String, Vec<SimDocument>)]) -> (SimHandle, Receiver, Workdir) {
     let sim = start_sim(scenario(
         w.iter()
             .map(|(d, docs)| (d.as_str(), docs.clone()))
@@ -91,8 +89,17 @@ async fn every_fault_kind_in_turn_loses_and_duplicates_nothing() {
     work.write_config(
         &sim.base_url(),
         FAULT_POLL,
-        &format!("{}{}", hook(&rx.url("/h")), watch_all(&w)),
+        &format!("{}{}", hook(&rx.url("/h")), watch_all(w)),
     );
+    (sim, rx, work)
+}
+
+const FAULT_POLL: &str = "  min_interval: 500ms\n  max_interval: 2s\n  error_backoff: {initial: 200ms, max: 1s, multiplier: 2}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_kind_in_turn_loses_and_duplicates_nothing() {
+    let w = workload(4, 50, 3, 40);
+    let (sim, rx, work) = serve_workload(&w).await;
     let mut d = Daemon::start(&work);
     d.wait_for("watching", SECS(10)).await;
     let status = |http, code, retry_after_secs| Injection::Status {
@@ -187,19 +194,7 @@ async fn every_fault_kind_in_turn_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_twenty_times_loses_nothing_and_duplicates_keep_their_event_id() {
     let w = workload(10, 50, 1, 25);
-    let sim = start_sim(scenario(
-        w.iter()
-            .map(|(d, docs)| (d.as_str(), docs.clone()))
-            .collect(),
-    ))
-    .await;
-    let rx = Receiver::start(vec![]).await;
-    let work = Workdir::new();
-    work.write_config(
-        &sim.base_url(),
-        FAULT_POLL,
-        &format!("{}{}", hook(&rx.url("/h")), watch_all(&w)),
-    );
+    let (sim, rx, work) = serve_workload(&w).await;
     let mut seed: u64 = 20261130;
     let mut opened = 0;
     for round in 0..20 {
