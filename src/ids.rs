@@ -4,19 +4,22 @@
 //! numbers, because a JSON number that large loses precision in many tools.
 
 use std::fmt;
+use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Shared text: a clone is a reference count, so the config, the run loop and the
+        /// states can all hold the same 100,000 ids once.
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
 
         impl $name {
-            pub fn new(id: impl Into<String>) -> Self {
-                $name(id.into())
+            pub fn new(id: impl AsRef<str>) -> Self {
+                $name(Arc::from(id.as_ref()))
             }
 
             pub fn as_str(&self) -> &str {
@@ -36,11 +39,17 @@ macro_rules! string_id {
             }
         }
 
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
         /// Accepts a JSON string, or a JSON integer (some servers send ids as numbers), and
         /// keeps the decimal text.
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                deserialize_id_text(d).map($name)
+                deserialize_id_text(d).map($name::new)
             }
         }
     };

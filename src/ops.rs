@@ -24,7 +24,7 @@ use crate::wall::UnixMs;
 pub struct OpsState {
     pub metrics: Arc<Metrics>,
     pub store: StoreHandle,
-    pub watch: Arc<RwLock<WatchList>>,
+    pub watch: Arc<RwLock<Arc<WatchList>>>,
 }
 
 /// Binds `listen` and serves until `shutdown`. Binding errors are returned (a fatal start-up
@@ -104,7 +104,7 @@ async fn metrics(State(s): State<OpsState>) -> Response {
 }
 
 async fn status_json(State(s): State<OpsState>) -> Response {
-    let watch = s.watch.read().map(|w| w.clone()).unwrap_or_default();
+    let watch: Arc<WatchList> = s.watch.read().map(|w| w.clone()).unwrap_or_default();
     let report = s
         .store
         .call(move |st| status::snapshot(st, Some(&watch), UnixMs::now()))

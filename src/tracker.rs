@@ -153,10 +153,10 @@ impl DocState {
         !self.state.is_terminal()
     }
 
-    /// Whether `self` differs from `older` in anything a restart must not lose: the lifecycle,
-    /// the stall flag, the absence count, the progress-event baseline, the status, the name or
-    /// the failure reason. Progress and remaining time alone are not: the next poll brings them
-    /// again, and a changed progress after a restart re-arms the stall clock by itself.
+    /// Whether `self` differs from `older` in anything but its [`Recent`] part (and the
+    /// signed url, which every answer brings anew): those fields change at nearly every
+    /// answer, so the daemon keeps them in memory and writes them at most every minute; a
+    /// changed progress after a restart re-arms the stall clock by itself.
     pub fn differs_materially(&self, older: &DocState) -> bool {
         self.state != older.state
             || self.stalled != older.stalled
@@ -167,9 +167,41 @@ impl DocState {
             || self.status != older.status
             || older.last_seen.is_none()
             || self.info.name != older.info.name
+            || self.info.file_type != older.info.file_type
+            || self.info.size != older.info.size
+            || self.info.update_type != older.info.update_type
+            || self.info.update_interval != older.info.update_interval
             || self.info.status_descript != older.info.status_descript
             || self.reason != older.reason
     }
+
+    /// The fields that change at nearly every answer.
+    pub fn recent(&self) -> Recent {
+        Recent {
+            progress: self.progress,
+            remaining_time: self.remaining_time,
+            last_change: self.last_change,
+            last_seen: self.last_seen,
+        }
+    }
+
+    /// Puts back fields newer than the stored state (see [`DocState::recent`]).
+    pub fn set_recent(&mut self, r: &Recent) {
+        self.progress = r.progress;
+        self.remaining_time = r.remaining_time;
+        self.last_change = r.last_change;
+        self.last_seen = r.last_seen;
+    }
+}
+
+/// The part of a live document's state that changes at nearly every answer: what a writer may
+/// hold in memory, newer than its stored copy, instead of writing it every time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recent {
+    pub progress: Option<i64>,
+    pub remaining_time: Option<i64>,
+    pub last_change: UnixMs,
+    pub last_seen: Option<UnixMs>,
 }
 
 /// What one answer said about one document.

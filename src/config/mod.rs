@@ -112,7 +112,8 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     pub log: LogConfig,
     pub notifiers: Vec<NotifierConfig>,
-    pub watch: WatchList,
+    /// Shared with the ops endpoint; a reload swaps it whole.
+    pub watch: std::sync::Arc<WatchList>,
 }
 
 #[derive(Debug, Clone)]

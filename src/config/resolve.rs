@@ -46,6 +46,17 @@ impl Ctx<'_> {
         }
     }
 
+    /// An id as written: expanded (only when it mentions `$`) and checked. The key path is
+    /// built only for an error: a watch list may hold 100,000 ids.
+    fn id(&mut self, src: &Source, path: &dyn Fn() -> KeyPath, raw: String) -> Option<String> {
+        let id = if raw.contains('$') {
+            self.string(src, &path(), &raw)?
+        } else {
+            raw
+        };
+        check_id(self, src, path, id)
+    }
+
     /// Expands `${VAR}`. `None` when a variable is unset (reported), so callers skip checks of
     /// a value that is not known.
     fn string(&mut self, src: &Source, path: &KeyPath, raw: &str) -> Option<String> {
@@ -185,7 +196,7 @@ fn read_source(path: &Path) -> Result<Source, ConfigError> {
         })
 }
 
-fn resolve(ctx: &mut Ctx<'_>, src: &Source, raw: RawConfig) -> Config {
+fn resolve(ctx: &mut Ctx<'_>, src: &Source, mut raw: RawConfig) -> Config {
     let root = KeyPath::root();
     let api = resolve_api(ctx, src, &root.key("api"), &raw.api);
     let poll = resolve_poll(ctx, src, &root.key("poll"), &raw.poll);
@@ -197,7 +208,7 @@ fn resolve(ctx: &mut Ctx<'_>, src: &Source, raw: RawConfig) -> Config {
     let log = resolve_log(ctx, src, &root.key("log"), &raw.log);
     let notifiers = resolve_notifiers(ctx, src, &root.key("notifiers"), &raw.notifiers);
     let names: BTreeSet<String> = notifiers.iter().map(|n| n.name.clone()).collect();
-    let watch = resolve_watch_list(ctx, src, &raw, &names);
+    let watch = resolve_watch_list(ctx, src, &mut raw, &names);
     if watch.datasets.is_empty() {
         ctx.warn(
             src,
@@ -213,7 +224,7 @@ fn resolve(ctx: &mut Ctx<'_>, src: &Source, raw: RawConfig) -> Config {
         http,
         log,
         notifiers,
-        watch,
+        watch: std::sync::Arc::new(watch),
     }
 }
 
@@ -1085,18 +1096,46 @@ impl Origin {
     }
 }
 
+/// The watch list while it is being built: each document remembers where it was listed as
+/// two numbers (its watch entry, its index there), so 100,000 documents cost no key paths.
+#[derive(Default)]
+struct WatchBuilder {
+    datasets: BTreeMap<DatasetId, BTreeMap<DocumentId, (WatchedDocument, u32, u32)>>,
+    /// Per watch entry: its file and key path.
+    entries: Vec<(PathBuf, KeyPath)>,
+}
+
+impl WatchBuilder {
+    fn origin(&self, entry: u32, index: u32) -> Option<Origin> {
+        let (file, path) = self.entries.get(entry as usize)?;
+        Some(Origin {
+            file: file.clone(),
+            path: path.key("documents").index(index as usize),
+        })
+    }
+
+    fn finish(self) -> WatchList {
+        WatchList {
+            datasets: self
+                .datasets
+                .into_iter()
+                .map(|(ds, docs)| (ds, docs.into_iter().map(|(d, (w, _, _))| (d, w)).collect()))
+                .collect(),
+        }
+    }
+}
+
 fn resolve_watch_list(
     ctx: &mut Ctx<'_>,
     src: &Source,
-    raw: &RawConfig,
+    raw: &mut RawConfig,
     notifiers: &BTreeSet<String>,
 ) -> WatchList {
-    let mut list = WatchList::default();
-    let mut origins: BTreeMap<(DatasetId, DocumentId), Origin> = BTreeMap::new();
+    let mut list = WatchBuilder::default();
     let watch_path = KeyPath::root().key("watch");
-    for (i, entry) in raw.watch.iter().enumerate() {
+    for (i, entry) in std::mem::take(&mut raw.watch).into_iter().enumerate() {
         let p = watch_path.index(i);
-        add_watch_entry(ctx, src, &p, entry, notifiers, &mut list, &mut origins);
+        add_watch_entry(ctx, src, &p, entry, notifiers, &mut list);
     }
     let include_path = KeyPath::root().key("include");
     let base = src.file.parent().unwrap_or(Path::new("."));
@@ -1123,13 +1162,13 @@ fn resolve_watch_list(
                     continue;
                 }
             };
-            for (j, entry) in entries.iter().enumerate() {
+            for (j, entry) in entries.into_iter().enumerate() {
                 let p = KeyPath::root().index(j);
-                add_watch_entry(ctx, &inc, &p, entry, notifiers, &mut list, &mut origins);
+                add_watch_entry(ctx, &inc, &p, entry, notifiers, &mut list);
             }
         }
     }
-    list
+    list.finish()
 }
 
 fn include_files(
@@ -1171,14 +1210,13 @@ fn add_watch_entry(
     ctx: &mut Ctx<'_>,
     src: &Source,
     path: &KeyPath,
-    entry: &RawWatch,
+    entry: RawWatch,
     notifiers: &BTreeSet<String>,
-    list: &mut WatchList,
-    origins: &mut BTreeMap<(DatasetId, DocumentId), Origin>,
+    list: &mut WatchBuilder,
 ) {
     let dataset = ctx
         .string(src, &path.key("dataset"), &entry.dataset.0)
-        .and_then(|d| check_id(ctx, src, &path.key("dataset"), d))
+        .and_then(|d| check_id(ctx, src, &|| path.key("dataset"), d))
         .map(DatasetId::new);
     let mut labels = BTreeMap::new();
     for (k, v) in &entry.labels {
@@ -1202,56 +1240,64 @@ fn add_watch_entry(
     if entry.documents.is_empty() {
         ctx.warn(src, &path.key("documents"), "no documents listed");
     }
-    for (i, doc) in entry.documents.iter().enumerate() {
-        let p = path.key("documents").index(i);
-        let Some(doc) = ctx
-            .string(src, &p, &doc.0)
-            .and_then(|d| check_id(ctx, src, &p, d))
-        else {
-            continue;
-        };
-        let Some(dataset) = dataset.clone() else {
-            continue;
-        };
-        let document = DocumentId::new(doc);
-        let key = (dataset.clone(), document.clone());
-        if let Some(first) = origins.get(&key) {
-            let first = first.describe();
-            ctx.error(
-                src,
-                &p,
-                format!(
-                    "document {document} of dataset {dataset} is listed twice; first at {first}"
-                ),
-            );
-            continue;
+    let entry_no = list.entries.len() as u32;
+    list.entries.push((src.file.clone(), path.clone()));
+    let Some(dataset) = dataset else {
+        // Still check the ids, so one run reports every problem.
+        for (i, doc) in entry.documents.into_iter().enumerate() {
+            ctx.id(src, &|| path.key("documents").index(i), doc.0);
         }
-        origins.insert(
-            key,
-            Origin {
-                file: src.file.clone(),
-                path: p.clone(),
-            },
-        );
-        list.datasets.entry(dataset).or_default().insert(
-            document,
-            WatchedDocument {
-                labels: labels.clone(),
-                notify: notify.clone(),
-            },
+        return;
+    };
+    let mut duplicates = Vec::new();
+    let docs = list.datasets.entry(dataset.clone()).or_default();
+    for (i, doc) in entry.documents.into_iter().enumerate() {
+        let doc_path = || path.key("documents").index(i);
+        let Some(doc) = ctx.id(src, &doc_path, doc.0) else {
+            continue;
+        };
+        match docs.entry(DocumentId::new(doc)) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let watched = WatchedDocument {
+                    labels: labels.clone(),
+                    notify: notify.clone(),
+                };
+                v.insert((watched, entry_no, i as u32));
+            }
+            std::collections::btree_map::Entry::Occupied(o) => {
+                let (_, first_entry, first_index) = o.get();
+                duplicates.push((i, o.key().clone(), *first_entry, *first_index));
+            }
+        }
+    }
+    for (i, document, first_entry, first_index) in duplicates {
+        let first = list
+            .origin(first_entry, first_index)
+            .map(|o| o.describe())
+            .unwrap_or_default();
+        ctx.error(
+            src,
+            &path.key("documents").index(i),
+            format!("document {document} of dataset {dataset} is listed twice; first at {first}"),
         );
     }
 }
 
-fn check_id(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, id: String) -> Option<String> {
+/// Checks an expanded id. The key path is built only for an error.
+fn check_id(
+    ctx: &mut Ctx<'_>,
+    src: &Source,
+    path: &dyn Fn() -> KeyPath,
+    id: String,
+) -> Option<String> {
     if id.trim().is_empty() {
-        ctx.error(src, path, "empty id");
+        ctx.error(src, &path(), "empty id");
         return None;
     }
     if id.trim() != id || id.chars().any(char::is_control) || id.contains('/') {
         ctx.error(
             src,
-            path,
+            &path(),
             format!("id {id:?} contains whitespace, a slash or control characters"),
         );
         return None;

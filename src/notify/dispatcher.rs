@@ -17,11 +17,18 @@ use tokio_util::sync::CancellationToken;
 use super::{Job, Notifier, Outcome, retry_delay};
 use crate::config::RetryPolicy;
 use crate::metrics::Metrics;
-use crate::store::{Delivery, StoreHandle};
+use crate::store::{Delivery, DeliveryUpdate, RecordedAttempt, StoreHandle};
 use crate::wall::UnixMs;
 
-/// Deliveries started and not yet finished, at most; the rest wait in the outbox.
-const MAX_IN_FLIGHT: usize = 256;
+/// Deliveries started per notifier (running, or waiting for one of its `concurrency`
+/// permits), at most; the rest wait in the outbox. Per notifier, so a slow one never holds
+/// back the others.
+const QUEUE_PER_NOTIFIER: usize = 64;
+/// A notifier's outbox is read again only once its started deliveries fell to this many: each
+/// read then starts a batch, instead of re-reading the outbox after every delivery.
+const LOW_WATER: usize = QUEUE_PER_NOTIFIER / 2;
+/// The most events one digest covers.
+const DIGEST_MAX: usize = 256;
 /// How often outcomes the store could not take are written again.
 const RECORD_RETRY: Duration = Duration::from_secs(2);
 
@@ -29,6 +36,10 @@ struct Entry {
     notifier: Arc<dyn Notifier>,
     permits: Arc<Semaphore>,
     retry: RetryPolicy,
+    /// Event sequences of its deliveries started and not yet recorded.
+    started: HashSet<i64>,
+    /// Something may have become due since its outbox was last read.
+    dirty: bool,
 }
 
 fn entries(list: Vec<Arc<dyn Notifier>>) -> HashMap<String, Entry> {
@@ -38,6 +49,8 @@ fn entries(list: Vec<Arc<dyn Notifier>>) -> HashMap<String, Entry> {
                 permits: Arc::new(Semaphore::new(n.concurrency().max(1))),
                 retry: n.retry_policy(),
                 notifier: n,
+                started: HashSet::new(),
+                dirty: true,
             };
             (entry.notifier.name().to_string(), entry)
         })
@@ -104,7 +117,10 @@ impl Dispatcher {
         let mut tasks: JoinSet<TaskResult> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, Vec<Delivery>> = HashMap::new();
         loop {
-            self.record_again().await;
+            if !self.unrecorded.is_empty() {
+                let again = std::mem::take(&mut self.unrecorded);
+                self.record(again).await;
+            }
             let throttled = self.start_due(&mut tasks, &mut running).await;
             let mut next = match (self.next_wake().await, throttled) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -116,16 +132,22 @@ impl Dispatcher {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => {}
-                Some(done) = tasks.join_next_with_id() => self.finished(done, &mut running).await,
+                _ = self.wake.notified() => self.mark_all_dirty(),
+                Some(done) = tasks.join_next_with_id() => {
+                    let mut batch = vec![done];
+                    while let Some(more) = tasks.try_join_next_with_id() {
+                        batch.push(more);
+                    }
+                    self.finished(batch, &mut running).await;
+                }
                 Some(list) = self.updates.recv() => self.notifiers = entries(list),
-                _ = sleep_until_opt(next) => {}
+                _ = sleep_until_opt(next) => self.mark_all_dirty(),
             }
         }
         let deadline = Instant::now() + grace;
         while !tasks.is_empty() {
             tokio::select! {
-                Some(done) = tasks.join_next_with_id() => self.finished(done, &mut running).await,
+                Some(done) = tasks.join_next_with_id() => self.finished(vec![done], &mut running).await,
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(cancelled = tasks.len(), "deliveries still running at shutdown were cancelled; they stay pending");
                     tasks.abort_all();
@@ -135,105 +157,77 @@ impl Dispatcher {
         }
     }
 
-    /// Starts what is due. A throttled notifier gets one message at a time, and a backlog
-    /// larger than its per-minute allowance goes out as one digest. Returns when a throttled
+    fn mark_all_dirty(&mut self) {
+        for e in self.notifiers.values_mut() {
+            e.dirty = true;
+        }
+    }
+
+    /// Starts what is due, reading the outbox of each notifier that may have something due
+    /// and room for it. A throttled notifier gets one message at a time, and a backlog larger
+    /// than its per-minute allowance goes out as one digest. Returns when a throttled
     /// notifier with due deliveries may send again.
     async fn start_due(
-        &self,
+        &mut self,
         tasks: &mut JoinSet<TaskResult>,
         running: &mut HashMap<tokio::task::Id, Vec<Delivery>>,
     ) -> Option<Instant> {
-        let room = MAX_IN_FLIGHT.saturating_sub(running.values().map(Vec::len).sum());
-        if room == 0 {
-            return None;
-        }
-        let busy: HashSet<(i64, String)> = running
-            .values()
-            .flatten()
-            .chain(self.unrecorded.iter().map(|(d, _)| d))
-            .map(Delivery::key)
-            .collect();
-        let busy_notifiers: HashSet<String> = running
-            .values()
-            .flatten()
-            .map(|d| d.notifier.clone())
-            .collect();
-        let due = match self
-            .store
-            .call(move |s| s.due_deliveries(UnixMs::now(), room, &busy))
-            .await
-        {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the outbox; retrying");
-                return Some(Instant::now() + Duration::from_secs(5));
-            }
-        };
-        let mut groups: Vec<(String, Vec<Delivery>)> = Vec::new();
-        for d in due {
-            match groups.iter_mut().find(|(n, _)| *n == d.notifier) {
-                Some((_, list)) => list.push(d),
-                None => groups.push((d.notifier.clone(), vec![d])),
-            }
-        }
         let mut wake: Option<Instant> = None;
-        for (name, list) in groups {
-            // A delivery for a notifier that is not configured (removed while we were down,
-            // before the start-up sweep) stays for `deliveries` to show.
-            let Some(entry) = self.notifiers.get(&name) else {
+        let unrecorded: HashSet<i64> = self.unrecorded.iter().map(|(d, _)| d.seq).collect();
+        let names: Vec<String> = self.notifiers.keys().cloned().collect();
+        for name in names {
+            let Some(entry) = self.notifiers.get_mut(&name) else {
                 continue;
             };
             let now = Instant::now();
-            match entry.notifier.ready_at(now) {
-                None => {
-                    for d in list {
-                        self.spawn(tasks, running, entry, vec![d]);
-                    }
+            let throttled = entry.notifier.ready_at(now);
+            let limit = match throttled {
+                _ if !entry.dirty => continue,
+                // One message at a time: its completion marks it dirty again.
+                Some(_) if !entry.started.is_empty() => continue,
+                Some(at) if at > now => {
+                    wake = Some(wake.map_or(at, |w| w.min(at)));
+                    continue;
                 }
-                Some(_) if busy_notifiers.contains(&name) => {}
-                Some(at) if at > now => wake = Some(wake.map_or(at, |w| w.min(at))),
-                Some(_) => {
-                    let above = entry.notifier.digest_above().unwrap_or(usize::MAX);
-                    if list.len() > above {
-                        tracing::info!(notifier = %name, events = list.len(), "backlog above the throttle: sending one digest");
-                        self.spawn(tasks, running, entry, list);
-                    } else if let Some(first) = list.into_iter().next() {
-                        self.spawn(tasks, running, entry, vec![first]);
-                    }
+                Some(_) => DIGEST_MAX,
+                // Enough under way; finishing ones mark it dirty again.
+                None if entry.started.len() > LOW_WATER => continue,
+                None => QUEUE_PER_NOTIFIER - entry.started.len(),
+            };
+            entry.dirty = false;
+            let busy: HashSet<i64> = entry.started.union(&unrecorded).copied().collect();
+            let notifier = name.clone();
+            let due = match self
+                .store
+                .call(move |s| s.due_deliveries(&notifier, UnixMs::now(), limit, &busy))
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(notifier = %name, error = %e, "cannot read the outbox; retrying");
+                    entry.dirty = true;
+                    let again = Instant::now() + Duration::from_secs(5);
+                    wake = Some(wake.map_or(again, |w| w.min(again)));
+                    continue;
                 }
+            };
+            if throttled.is_none() {
+                for d in due {
+                    spawn(tasks, running, entry, vec![d]);
+                }
+                continue;
+            }
+            let above = entry.notifier.digest_above().unwrap_or(usize::MAX);
+            if due.len() > above {
+                tracing::info!(notifier = %name, events = due.len(), "backlog above the throttle: sending one digest");
+                spawn(tasks, running, entry, due);
+            } else if let Some(first) = due.into_iter().next() {
+                // More may be due: look again when this one is done.
+                entry.dirty = true;
+                spawn(tasks, running, entry, vec![first]);
             }
         }
         wake
-    }
-
-    fn spawn(
-        &self,
-        tasks: &mut JoinSet<TaskResult>,
-        running: &mut HashMap<tokio::task::Id, Vec<Delivery>>,
-        entry: &Entry,
-        deliveries: Vec<Delivery>,
-    ) {
-        let jobs: Vec<Job> = deliveries
-            .iter()
-            .map(|d| Job {
-                event_id: d.event_id.clone(),
-                event_type: d.event_type,
-                body: d.body.clone(),
-                attempt: d.attempts + 1,
-            })
-            .collect();
-        let notifier = entry.notifier.clone();
-        let permits = entry.permits.clone();
-        let covered = deliveries.clone();
-        let handle = tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let outcome = match jobs.as_slice() {
-                [one] => notifier.deliver(one).await,
-                many => notifier.deliver_digest(many).await,
-            };
-            (covered, outcome)
-        });
-        running.insert(handle.id(), deliveries);
     }
 
     /// When to look at the outbox again: the next future attempt, if any. Deliveries due now
@@ -249,58 +243,79 @@ impl Dispatcher {
         }
     }
 
+    /// Records a batch of finished tasks in one transaction.
     async fn finished(
         &mut self,
-        done: Result<(tokio::task::Id, TaskResult), tokio::task::JoinError>,
+        batch: Vec<Result<(tokio::task::Id, TaskResult), tokio::task::JoinError>>,
         running: &mut HashMap<tokio::task::Id, Vec<Delivery>>,
     ) {
-        let (deliveries, outcome) = match done {
-            Ok((id, (deliveries, outcome))) => {
-                running.remove(&id);
-                (deliveries, outcome)
-            }
-            Err(join) => {
-                let Some(deliveries) = running.remove(&join.id()) else {
-                    return;
-                };
-                let error = if join.is_panic() {
-                    "the notifier panicked".to_string()
-                } else {
-                    "cancelled".to_string()
-                };
-                (
-                    deliveries,
-                    Outcome::Retry {
-                        error,
+        let mut outcomes = Vec::new();
+        for done in batch {
+            match done {
+                Ok((id, (deliveries, outcome))) => {
+                    running.remove(&id);
+                    outcomes.extend(deliveries.into_iter().map(|d| (d, outcome.clone())));
+                }
+                Err(join) => {
+                    let Some(deliveries) = running.remove(&join.id()) else {
+                        continue;
+                    };
+                    let error = if join.is_panic() {
+                        "the notifier panicked"
+                    } else {
+                        "cancelled"
+                    };
+                    let outcome = Outcome::Retry {
+                        error: error.to_string(),
                         retry_after: None,
-                    },
-                )
+                    };
+                    outcomes.extend(deliveries.into_iter().map(|d| (d, outcome.clone())));
+                }
             }
-        };
-        for delivery in deliveries {
-            self.record_outcome(delivery, outcome.clone()).await;
         }
+        self.record(outcomes).await;
     }
 
-    async fn record_outcome(&mut self, delivery: Delivery, outcome: Outcome) {
-        let retry = self
-            .notifiers
-            .get(&delivery.notifier)
-            .map(|e| e.retry.clone())
-            .unwrap_or_else(RetryPolicy::webhook_default);
-        match record(&self.store, delivery.clone(), outcome.clone(), &retry).await {
-            Ok(label) => self.metrics.delivery(&delivery.notifier, label),
+    /// Records outcomes: delivered, retried later, or dead. What the store cannot take is
+    /// kept to be written again, and never delivered again meanwhile.
+    async fn record(&mut self, outcomes: Vec<(Delivery, Outcome)>) {
+        if outcomes.is_empty() {
+            return;
+        }
+        let now = UnixMs::now();
+        let attempts: Vec<RecordedAttempt> = outcomes
+            .iter()
+            .map(|(d, outcome)| {
+                let policy = self
+                    .notifiers
+                    .get(&d.notifier)
+                    .map(|e| e.retry.clone())
+                    .unwrap_or_else(RetryPolicy::webhook_default);
+                resolve(d, outcome, &policy, now)
+            })
+            .collect();
+        let labels: Vec<&'static str> = attempts.iter().map(|a| a.update.label()).collect();
+        match self
+            .store
+            .call(move |s| s.record_attempts(&attempts, now))
+            .await
+        {
+            Ok(()) => {
+                for ((d, _), label) in outcomes.iter().zip(labels) {
+                    self.metrics.delivery(&d.notifier, label);
+                }
+                for (d, _) in &outcomes {
+                    if let Some(e) = self.notifiers.get_mut(&d.notifier) {
+                        e.started.remove(&d.seq);
+                        e.dirty = true;
+                    }
+                }
+            }
             Err(e) => {
-                tracing::error!(notifier = %delivery.notifier, event_id = %delivery.event_id, error = %e,
-                    "cannot record a delivery outcome; keeping it to record again (not delivering again)");
-                self.unrecorded.push((delivery, outcome));
+                tracing::error!(deliveries = outcomes.len(), error = %e,
+                    "cannot record delivery outcomes; keeping them to record again (not delivering again)");
+                self.unrecorded.extend(outcomes);
             }
-        }
-    }
-
-    async fn record_again(&mut self) {
-        for (delivery, outcome) in std::mem::take(&mut self.unrecorded) {
-            self.record_outcome(delivery, outcome).await;
         }
     }
 }
@@ -312,25 +327,13 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Records an attempt's outcome: delivered, retried later, or dead. Returns which.
-async fn record(
-    store: &StoreHandle,
-    d: Delivery,
-    outcome: Outcome,
-    policy: &RetryPolicy,
-) -> Result<&'static str, crate::store::StoreError> {
-    let now = UnixMs::now();
+/// What an attempt's outcome does to its delivery under the notifier's retry policy (and
+/// the log line that says so).
+fn resolve(d: &Delivery, outcome: &Outcome, policy: &RetryPolicy, now: UnixMs) -> RecordedAttempt {
     let attempts = d.attempts + 1;
-    let (seq, notifier) = (d.seq, d.notifier.clone());
     let span = tracing::info_span!("delivery", notifier = %d.notifier, event_id = %d.event_id, document_id = %d.document_id);
-    let mut label = "dead";
-    let result = match outcome {
-        Outcome::Delivered => {
-            label = "delivered";
-            store
-                .call(move |s| s.record_delivered(seq, &notifier, attempts, now))
-                .await
-        }
+    let update = match outcome {
+        Outcome::Delivered => DeliveryUpdate::Delivered,
         Outcome::Retry { error, retry_after } => {
             let too_many = attempts >= policy.max_attempts;
             let too_old = now.since(d.created_at) >= policy.max_age;
@@ -344,27 +347,60 @@ async fn record(
                     )
                 };
                 span.in_scope(|| tracing::error!(attempts, error = %why, "delivery is dead"));
-                store
-                    .call(move |s| s.record_dead(seq, &notifier, attempts, &why, now))
-                    .await
+                DeliveryUpdate::Dead { error: why }
             } else {
-                label = "retry";
-                let delay = retry_delay(policy, attempts, retry_after);
+                let delay = retry_delay(policy, attempts, *retry_after);
                 span.in_scope(|| {
                     tracing::warn!(attempts, error = %error, retry_in = %humantime::format_duration(delay), "delivery failed; will retry")
                 });
-                let next = now.plus(delay);
-                store
-                    .call(move |s| s.record_retry(seq, &notifier, attempts, next, &error, now))
-                    .await
+                DeliveryUpdate::Retry {
+                    next_attempt_at: now.plus(delay),
+                    error: error.clone(),
+                }
             }
         }
         Outcome::Permanent { error } => {
             span.in_scope(|| tracing::error!(attempts, error = %error, "delivery is dead"));
-            store
-                .call(move |s| s.record_dead(seq, &notifier, attempts, &error, now))
-                .await
+            DeliveryUpdate::Dead {
+                error: error.clone(),
+            }
         }
     };
-    result.map(|()| label)
+    RecordedAttempt {
+        seq: d.seq,
+        notifier: d.notifier.clone(),
+        attempts,
+        update,
+    }
+}
+
+/// Starts one task for `deliveries` (one, or a digest's many) of one notifier.
+fn spawn(
+    tasks: &mut JoinSet<TaskResult>,
+    running: &mut HashMap<tokio::task::Id, Vec<Delivery>>,
+    entry: &mut Entry,
+    deliveries: Vec<Delivery>,
+) {
+    let jobs: Vec<Job> = deliveries
+        .iter()
+        .map(|d| Job {
+            event_id: d.event_id.clone(),
+            event_type: d.event_type,
+            body: d.body.clone(),
+            attempt: d.attempts + 1,
+        })
+        .collect();
+    let notifier = entry.notifier.clone();
+    let permits = entry.permits.clone();
+    let covered = deliveries.clone();
+    let handle = tasks.spawn(async move {
+        let _permit = permits.acquire_owned().await;
+        let outcome = match jobs.as_slice() {
+            [one] => notifier.deliver(one).await,
+            many => notifier.deliver_digest(many).await,
+        };
+        (covered, outcome)
+    });
+    entry.started.extend(deliveries.iter().map(|d| d.seq));
+    running.insert(handle.id(), deliveries);
 }
