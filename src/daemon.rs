@@ -147,7 +147,11 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
     let on_ready = std::mem::replace(&mut ctx.on_ready, Box::new(|| {}));
     on_ready();
     sd_notify_state(&[sd_notify::NotifyState::Ready]);
-    // Housekeeping after READY: it is not needed to start polling.
+    // Checks after READY, beside the run loop: not needed to start polling, and a damaged
+    // page still stops the daemon (exit 65) within a fraction of a second.
+    let verify_dir = engine.config.state.dir.clone();
+    let mut verify =
+        tokio::task::spawn_blocking(move || Store::open_read_only(&verify_dir)?.verify());
     engine.prune().await;
     tracing::info!(
         datasets = engine.config.watch.datasets.len(),
@@ -155,7 +159,9 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
         live = engine.live_count(),
         "watching"
     );
-    engine.run_loop(&mut ctx).await;
+    let unusable = engine.run_loop(&mut ctx, &mut verify).await;
+    // Stops the dispatcher and the ops endpoint too when the loop stopped by itself.
+    ctx.shutdown.cancel();
     sd_notify_state(&[sd_notify::NotifyState::Stopping]);
     let _ = dispatcher_task.await;
     if let Some(ops) = ops {
@@ -163,7 +169,10 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
     }
     drop(lock);
     tracing::info!("stopped");
-    Ok(())
+    match unusable {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 struct Policies {
@@ -226,7 +235,14 @@ impl Engine {
         self.live.values().map(BTreeMap::len).sum()
     }
 
-    async fn run_loop(&mut self, ctx: &mut RunContext) {
+    /// Runs until shutdown, or until `verify` finds the store unusable (returned).
+    async fn run_loop(
+        &mut self,
+        ctx: &mut RunContext,
+        verify: &mut tokio::task::JoinHandle<Result<(), StoreError>>,
+    ) -> Option<StoreError> {
+        let mut verified = false;
+        let mut unusable = None;
         let mut polls: JoinSet<PollResult> = JoinSet::new();
         // Timers live across iterations and are reset only when their deadline changes:
         // re-creating them on every wake-up costs more than the wake-up itself.
@@ -256,6 +272,19 @@ impl Engine {
             tracing::trace!(next_in = ?next.map(|n| n.saturating_duration_since(Instant::now())), "run loop waiting");
             tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
+                checked = &mut *verify, if !verified => {
+                    verified = true;
+                    match checked {
+                        Ok(Err(e)) if e.is_unusable() => {
+                            tracing::error!(error = %e, "the store is damaged; stopping");
+                            unusable = Some(e);
+                            break;
+                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "cannot check the store"),
+                        Err(e) => tracing::warn!(error = %e, "cannot check the store"),
+                        Ok(Ok(())) => tracing::debug!("store checked"),
+                    }
+                }
                 Some(done) = polls.join_next() => match done {
                     Ok((ds, polled, started)) => self.finish_poll(ds, polled, started).await,
                     Err(e) => tracing::error!(error = %e, "a poll task failed"),
@@ -292,6 +321,7 @@ impl Engine {
                 }
             }
         }
+        unusable
     }
 
     fn next_due(&self) -> Option<Instant> {

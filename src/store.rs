@@ -396,7 +396,13 @@ impl Store {
             .map_err(|e| self.err(e))?;
         self.conn
             .pragma_update(None, "foreign_keys", "on")
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.err(e))
+    }
+
+    /// Checks the whole file (`PRAGMA quick_check`): a damaged page anywhere makes it
+    /// `Corrupt`. It reads every page (~0.2 s for 100,000 documents), so the daemon runs it
+    /// beside its start, on a connection of its own, rather than before it.
+    pub fn verify(&self) -> Result<(), StoreError> {
         let check: String = self
             .conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))

@@ -272,6 +272,30 @@ async fn a_corrupt_store_exits_65_naming_the_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_page_deep_in_the_store_stops_the_daemon_with_65() {
+    // The full check runs beside the start (it reads every page); a damaged page must still
+    // stop the daemon, naming the file.
+    let work = Workdir::new();
+    let ids: Vec<String> = (0..300).map(|i| format!("75000000000000{i:05}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    work.write_config("http://127.0.0.1:9", FAST_POLL, &watch(DS, &ids));
+    let mut first = Daemon::start(&work);
+    first.wait_for("new documents watched", SECS(10)).await;
+    first.stop().await;
+    let db = work.state_dir().join("coze-watch.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    assert!(bytes.len() >= 20 * 4096, "{} bytes", bytes.len());
+    bytes[12 * 4096..13 * 4096].fill(0x42);
+    std::fs::write(&db, &bytes).unwrap();
+    let mut d = Daemon::start(&work);
+    let status = d.wait_exit(SECS(10)).await;
+    assert_eq!(status.code(), Some(65), "{}", d.lines().join("\n"));
+    let log = d.lines().join("\n");
+    assert!(log.contains(&db.display().to_string()), "{log}");
+    assert!(log.contains("corrupt"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_config_exits_78() {
     let work = Workdir::new();
     std::fs::write(work.config_path(), "poll:\n  min_interval: soon\n").unwrap();
