@@ -121,11 +121,7 @@ impl Dispatcher {
                 let again = std::mem::take(&mut self.unrecorded);
                 self.record(again).await;
             }
-            let throttled = self.start_due(&mut tasks, &mut running).await;
-            let mut next = match (self.next_wake().await, throttled) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let mut next = self.start_due(&mut tasks, &mut running).await;
             if !self.unrecorded.is_empty() {
                 let again = Instant::now() + RECORD_RETRY;
                 next = Some(next.map_or(again, |n| n.min(again)));
@@ -165,28 +161,26 @@ impl Dispatcher {
 
     /// Starts what is due, reading the outbox of each notifier that may have something due
     /// and room for it. A throttled notifier gets one message at a time, and a backlog larger
-    /// than its per-minute allowance goes out as one digest. Returns when a throttled
-    /// notifier with due deliveries may send again.
+    /// than its per-minute allowance goes out as one digest. Returns when to look again: the
+    /// next future attempt, or when a throttled notifier with due deliveries may send again.
+    /// One store round trip for all of it.
     async fn start_due(
         &mut self,
         tasks: &mut JoinSet<TaskResult>,
         running: &mut HashMap<tokio::task::Id, Vec<Delivery>>,
     ) -> Option<Instant> {
         let mut wake: Option<Instant> = None;
+        let mut at = |t: Instant| wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
         let unrecorded: HashSet<i64> = self.unrecorded.iter().map(|(d, _)| d.seq).collect();
-        let names: Vec<String> = self.notifiers.keys().cloned().collect();
-        for name in names {
-            let Some(entry) = self.notifiers.get_mut(&name) else {
-                continue;
-            };
-            let now = Instant::now();
-            let throttled = entry.notifier.ready_at(now);
-            let limit = match throttled {
+        let now = Instant::now();
+        let mut reads: Vec<(String, usize, HashSet<i64>)> = Vec::new();
+        for (name, entry) in &mut self.notifiers {
+            let limit = match entry.notifier.ready_at(now) {
                 _ if !entry.dirty => continue,
                 // One message at a time: its completion marks it dirty again.
                 Some(_) if !entry.started.is_empty() => continue,
-                Some(at) if at > now => {
-                    wake = Some(wake.map_or(at, |w| w.min(at)));
+                Some(t) if t > now => {
+                    at(t);
                     continue;
                 }
                 Some(_) => DIGEST_MAX,
@@ -195,52 +189,66 @@ impl Dispatcher {
                 None => QUEUE_PER_NOTIFIER - entry.started.len(),
             };
             entry.dirty = false;
-            let busy: HashSet<i64> = entry.started.union(&unrecorded).copied().collect();
-            let notifier = name.clone();
-            let due = match self
-                .store
-                .call(move |s| s.due_deliveries(&notifier, UnixMs::now(), limit, &busy))
-                .await
-            {
-                Ok(d) => d,
+            let busy = entry.started.union(&unrecorded).copied().collect();
+            reads.push((name.clone(), limit, busy));
+        }
+        let now_wall = UnixMs::now();
+        let read = self
+            .store
+            .call(move |s| {
+                let due: Vec<_> = reads
+                    .into_iter()
+                    .map(|(name, limit, busy)| {
+                        let d = s.due_deliveries(&name, now_wall, limit, &busy);
+                        (name, d)
+                    })
+                    .collect();
+                Ok((due, s.next_delivery_after(now_wall)))
+            })
+            .await;
+        let (due, next) = match read {
+            Ok(r) => r,
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        match next {
+            Ok(Some(t)) => at(Instant::now() + t.since(now_wall)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox; looking again in 5 s");
+                self.mark_all_dirty();
+                at(Instant::now() + Duration::from_secs(5));
+            }
+        }
+        for (name, list) in due {
+            let Some(entry) = self.notifiers.get_mut(&name) else {
+                continue;
+            };
+            let list = match list {
+                Ok(l) => l,
                 Err(e) => {
-                    tracing::error!(notifier = %name, error = %e, "cannot read the outbox; retrying");
+                    tracing::error!(notifier = %name, error = %e, "cannot read the outbox; looking again in 5 s");
                     entry.dirty = true;
-                    let again = Instant::now() + Duration::from_secs(5);
-                    wake = Some(wake.map_or(again, |w| w.min(again)));
+                    at(Instant::now() + Duration::from_secs(5));
                     continue;
                 }
             };
-            if throttled.is_none() {
-                for d in due {
+            if entry.notifier.ready_at(now).is_none() {
+                for d in list {
                     spawn(tasks, running, entry, vec![d]);
                 }
                 continue;
             }
             let above = entry.notifier.digest_above().unwrap_or(usize::MAX);
-            if due.len() > above {
-                tracing::info!(notifier = %name, events = due.len(), "backlog above the throttle: sending one digest");
-                spawn(tasks, running, entry, due);
-            } else if let Some(first) = due.into_iter().next() {
+            if list.len() > above {
+                tracing::info!(notifier = %name, events = list.len(), "backlog above the throttle: sending one digest");
+                spawn(tasks, running, entry, list);
+            } else if let Some(first) = list.into_iter().next() {
                 // More may be due: look again when this one is done.
                 entry.dirty = true;
                 spawn(tasks, running, entry, vec![first]);
             }
         }
         wake
-    }
-
-    /// When to look at the outbox again: the next future attempt, if any. Deliveries due now
-    /// were started by `start_due`, or wait for a running one, whose completion wakes us.
-    async fn next_wake(&self) -> Option<Instant> {
-        let now = UnixMs::now();
-        match self.store.call(move |s| s.next_delivery_after(now)).await {
-            Ok(next) => next.map(|at| Instant::now() + at.since(now)),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the outbox; looking again in 5 s");
-                Some(Instant::now() + Duration::from_secs(5))
-            }
-        }
     }
 
     /// Records a batch of finished tasks in one transaction.
