@@ -280,6 +280,40 @@ CREATE INDEX deliveries_queue ON deliveries (status, notifier, next_attempt_at);
 CREATE INDEX documents_state ON documents (dataset_id, document_id, state);
 ";
 
+const INSERT_NEW_DOCUMENT: &str =
+    "INSERT INTO documents (dataset_id, document_id, state, data, updated_at)
+     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (dataset_id, document_id) DO NOTHING";
+const UPSERT_DOCUMENT: &str =
+    "INSERT INTO documents (dataset_id, document_id, state, data, updated_at)
+     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (dataset_id, document_id) DO UPDATE
+     SET state = excluded.state, data = excluded.data, updated_at = excluded.updated_at";
+
+/// Writes one document row with `sql` ([`INSERT_NEW_DOCUMENT`] or [`UPSERT_DOCUMENT`]).
+fn put_document(
+    tx: &Connection,
+    sql: &str,
+    d: &DocState,
+    path: &Path,
+    now: UnixMs,
+) -> Result<(), StoreError> {
+    let data = serde_json::to_string(d).map_err(|err| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("cannot encode document {}: {err}", d.document_id),
+    })?;
+    tx.prepare_cached(sql)
+        .and_then(|mut st| {
+            st.execute(params![
+                d.dataset_id.as_str(),
+                d.document_id.as_str(),
+                d.state.as_str(),
+                data,
+                now.0
+            ])
+        })
+        .map(|_| ())
+        .map_err(|e| classify(path, e))
+}
+
 /// A notifier's due deliveries (see [`Store::due_deliveries`]).
 const DUE_SQL: &str =
     "SELECT d.event_seq, e.event_id, e.type, e.dataset_id, e.document_id, d.notifier,
@@ -621,32 +655,10 @@ impl Store {
         now: UnixMs,
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let e = |err| classify(&path, err);
         self.write(|tx| {
-            {
-                let mut put = tx
-                    .prepare_cached(
-                        "INSERT INTO documents (dataset_id, document_id, state, data, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (dataset_id, document_id) DO NOTHING",
-                    )
-                    .map_err(e)?;
-                for (ds, doc) in docs {
-                    let state = DocState::new(ds.clone(), doc.clone(), now);
-                    let data =
-                        serde_json::to_string(&state).map_err(|err| StoreError::Corrupt {
-                            path: path.clone(),
-                            detail: format!("cannot encode document {doc}: {err}"),
-                        })?;
-                    put.execute(params![
-                        ds.as_str(),
-                        doc.as_str(),
-                        state.state.as_str(),
-                        data,
-                        now.0
-                    ])
-                    .map_err(e)?;
-                }
+            for (ds, doc) in docs {
+                let state = DocState::new(ds.clone(), doc.clone(), now);
+                put_document(tx, INSERT_NEW_DOCUMENT, &state, &path, now)?;
             }
             Ok(())
         })
@@ -683,29 +695,8 @@ impl Store {
         let path = self.path.clone();
         let e = |err| classify(&path, err);
         self.write(|tx| {
-        {
-            let mut put_doc = tx
-                .prepare_cached(
-                    "INSERT INTO documents (dataset_id, document_id, state, data, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (dataset_id, document_id) DO UPDATE
-                     SET state = excluded.state, data = excluded.data, updated_at = excluded.updated_at",
-                )
-                .map_err(e)?;
             for d in documents {
-                let data = serde_json::to_string(d).map_err(|err| StoreError::Corrupt {
-                    path: path.clone(),
-                    detail: format!("cannot encode document {}: {err}", d.document_id),
-                })?;
-                put_doc
-                    .execute(params![
-                        d.dataset_id.as_str(),
-                        d.document_id.as_str(),
-                        d.state.as_str(),
-                        data,
-                        now.0
-                    ])
-                    .map_err(e)?;
+                put_document(tx, UPSERT_DOCUMENT, d, &path, now)?;
             }
             let mut put_event = tx
                 .prepare_cached(
@@ -748,7 +739,6 @@ impl Store {
                 })
                 .map_err(e)?;
             }
-        }
             Ok(())
         })
     }
@@ -842,43 +832,43 @@ impl Store {
         let path = self.path.clone();
         let e = |err| classify(&path, err);
         self.write(|tx| {
-        for a in attempts {
-            match &a.update {
-                DeliveryUpdate::Delivered => tx
-                    .prepare_cached(
-                        "UPDATE deliveries SET status = 'delivered', attempts = ?3, last_error = NULL, updated_at = ?4
-                         WHERE event_seq = ?1 AND notifier = ?2",
-                    )
-                    .and_then(|mut st| st.execute(params![a.seq, a.notifier, a.attempts, now.0])),
-                DeliveryUpdate::Retry {
-                    next_attempt_at,
-                    error,
-                } => tx
-                    .prepare_cached(
-                        "UPDATE deliveries SET attempts = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6
-                         WHERE event_seq = ?1 AND notifier = ?2 AND status = 'pending'",
-                    )
-                    .and_then(|mut st| {
-                        st.execute(params![
-                            a.seq,
-                            a.notifier,
-                            a.attempts,
-                            next_attempt_at.0,
-                            error,
-                            now.0
-                        ])
-                    }),
-                DeliveryUpdate::Dead { error } => tx
-                    .prepare_cached(
-                        "UPDATE deliveries SET status = 'dead', attempts = ?3, last_error = ?4, updated_at = ?5
-                         WHERE event_seq = ?1 AND notifier = ?2 AND status = 'pending'",
-                    )
-                    .and_then(|mut st| {
-                        st.execute(params![a.seq, a.notifier, a.attempts, error, now.0])
-                    }),
+            for a in attempts {
+                match &a.update {
+                    DeliveryUpdate::Delivered => tx
+                        .prepare_cached(
+                            "UPDATE deliveries SET status = 'delivered', attempts = ?3, last_error = NULL, updated_at = ?4
+                             WHERE event_seq = ?1 AND notifier = ?2",
+                        )
+                        .and_then(|mut st| st.execute(params![a.seq, a.notifier, a.attempts, now.0])),
+                    DeliveryUpdate::Retry {
+                        next_attempt_at,
+                        error,
+                    } => tx
+                        .prepare_cached(
+                            "UPDATE deliveries SET attempts = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6
+                             WHERE event_seq = ?1 AND notifier = ?2 AND status = 'pending'",
+                        )
+                        .and_then(|mut st| {
+                            st.execute(params![
+                                a.seq,
+                                a.notifier,
+                                a.attempts,
+                                next_attempt_at.0,
+                                error,
+                                now.0
+                            ])
+                        }),
+                    DeliveryUpdate::Dead { error } => tx
+                        .prepare_cached(
+                            "UPDATE deliveries SET status = 'dead', attempts = ?3, last_error = ?4, updated_at = ?5
+                             WHERE event_seq = ?1 AND notifier = ?2 AND status = 'pending'",
+                        )
+                        .and_then(|mut st| {
+                            st.execute(params![a.seq, a.notifier, a.attempts, error, now.0])
+                        }),
+                }
+                .map_err(e)?;
             }
-            .map_err(e)?;
-        }
             Ok(())
         })
     }
