@@ -835,7 +835,7 @@ async fn poll_one(
 ) -> Result<Polled, StoreError> {
     let ids: Vec<DocumentId> = docs.iter().map(|(id, _)| id.clone()).collect();
     let dataset = ds.clone();
-    let stored = store.call(move |s| s.load_dataset(&dataset, &ids)).await?;
+    let stored = store.read(move |s| s.load_dataset(&dataset, &ids)).await?;
     let mut states: HashMap<DocumentId, DocState> = HashMap::with_capacity(docs.len());
     let mut terminal = Vec::new();
     for s in stored {

@@ -240,7 +240,8 @@ fn run_async(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -
 }
 
 /// The daemon's runtime: one thread. Its work is waiting on sockets and timers; a second
-/// worker would only add cross-thread wake-ups (store calls still go to the blocking pool).
+/// worker would only add cross-thread wake-ups (store writes still go to the blocking pool;
+/// the hot reads run inline on their own connection).
 fn run_daemon_async(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     run_on(&mut tokio::runtime::Builder::new_current_thread(), fut)
 }

@@ -195,7 +195,7 @@ impl Dispatcher {
         let now_wall = UnixMs::now();
         let read = self
             .store
-            .call(move |s| {
+            .read(move |s| {
                 let due: Vec<_> = reads
                     .into_iter()
                     .map(|(name, limit, busy)| {
