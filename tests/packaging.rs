@@ -398,10 +398,11 @@ async fn status_json_matches_what_happened_and_changes_no_file() {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_delivery_requeued_with_deliveries_retry_is_delivered() {
+/// A daemon whose one completed document's webhook delivery is dead: the receiver answered
+/// `status` (a permanent refusal).
+async fn one_dead_delivery(status: u16) -> (coze_watch::sim::SimHandle, Receiver, Workdir, Daemon) {
     let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
-    let rx = Receiver::start(vec![Reply::Status(410)]).await;
+    let rx = Receiver::start(vec![Reply::Status(status)]).await;
     let work = Workdir::new();
     let rest = format!(
         "  - name: hook\n    type: webhook\n    url: {}\n{}",
@@ -409,8 +410,14 @@ async fn a_dead_delivery_requeued_with_deliveries_retry_is_delivered() {
         watch(DS, &[A])
     );
     work.write_config(&sim.base_url(), FAST_POLL, &rest);
-    let mut d = Daemon::start(&work);
+    let d = Daemon::start(&work);
     d.wait_for("delivery is dead", SECS(15)).await;
+    (sim, rx, work, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_delivery_requeued_with_deliveries_retry_is_delivered() {
+    let (sim, rx, work, mut d) = one_dead_delivery(410).await;
     let event_id = rx.requests()[0].header("webhook-id").to_string();
     let listed = cli(&work, &["deliveries"]).await;
     let text = String::from_utf8_lossy(&listed.stdout);
@@ -467,17 +474,7 @@ async fn status_without_a_store_exits_65_and_creates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_delivery_can_be_dropped() {
-    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
-    let rx = Receiver::start(vec![Reply::Status(400)]).await;
-    let work = Workdir::new();
-    let rest = format!(
-        "  - name: hook\n    type: webhook\n    url: {}\n{}",
-        rx.url("/h"),
-        watch(DS, &[A])
-    );
-    work.write_config(&sim.base_url(), FAST_POLL, &rest);
-    let mut d = Daemon::start(&work);
-    d.wait_for("delivery is dead", SECS(15)).await;
+    let (sim, rx, work, mut d) = one_dead_delivery(400).await;
     d.stop().await;
     let id = rx.requests()[0].header("webhook-id").to_string();
     let out = cli(&work, &["deliveries", "--drop", &id]).await;

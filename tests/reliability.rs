@@ -75,6 +75,19 @@ fn received_by_document(rx: &Receiver) -> BTreeMap<String, Vec<String>> {
     by_doc
 }
 
+/// Waits until every one of the `expected` documents' events arrived, lets redeliveries (if
+/// any) land, and returns the event ids received per document; asserts none is missing.
+async fn all_received(rx: &Receiver, expected: usize, what: &str) -> BTreeMap<String, Vec<String>> {
+    wait_until("every terminal event", SECS(60), || {
+        received_by_document(rx).len() >= expected
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let by_doc = received_by_document(rx);
+    assert_eq!(by_doc.len(), expected, "{what}");
+    by_doc
+}
+
 /// The simulator serving `w`, a webhook receiver, and a config watching all of `w` that
 /// notifies the receiver.
 async fn serve_workload(w: &[(String, Vec<SimDocument>)]) -> (SimHandle, Receiver, Workdir) {
@@ -149,17 +162,7 @@ async fn every_fault_kind_in_turn_loses_and_duplicates_nothing() {
         );
     }
     let expected: usize = w.iter().map(|(_, docs)| docs.len()).sum();
-    wait_until("every terminal event", SECS(60), || {
-        received_by_document(&rx).len() >= expected
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let by_doc = received_by_document(&rx);
-    assert_eq!(
-        by_doc.len(),
-        expected,
-        "every document's terminal event arrived"
-    );
+    let by_doc = all_received(&rx, expected, "every document's terminal event arrived").await;
     for (doc, ids) in &by_doc {
         assert_eq!(
             ids.len(),
@@ -227,17 +230,7 @@ async fn kill_9_twenty_times_loses_nothing_and_duplicates_keep_their_event_id() 
     let mut d = Daemon::start(&work);
     d.wait_for("store open", SECS(10)).await;
     let expected: usize = w.iter().map(|(_, docs)| docs.len()).sum();
-    wait_until("every terminal event", SECS(60), || {
-        received_by_document(&rx).len() >= expected
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let by_doc = received_by_document(&rx);
-    assert_eq!(
-        by_doc.len(),
-        expected,
-        "every event delivered at least once"
-    );
+    let by_doc = all_received(&rx, expected, "every event delivered at least once").await;
     let mut duplicates = 0;
     for (doc, ids) in &by_doc {
         let distinct: BTreeSet<&String> = ids.iter().collect();
