@@ -409,9 +409,12 @@ impl Store {
             conn,
             path: path.to_path_buf(),
         };
+        // Its reads run on the async runtime's thread: a WAL reader almost never waits, and
+        // when it must (recovery after a crash), it gives up soon and the caller retries,
+        // rather than stalling the runtime for seconds.
         store
             .conn
-            .busy_timeout(Duration::from_secs(5))
+            .busy_timeout(Duration::from_millis(100))
             .map_err(|e| store.err(e))?;
         store
             .conn

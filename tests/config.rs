@@ -539,3 +539,17 @@ fn a_token_file_that_is_a_device_or_huge_is_refused() {
     let e = f.error(&yaml);
     assert!(e.to_string().contains("larger than 64 KiB"), "{e}");
 }
+
+#[test]
+fn an_entry_without_valid_documents_adds_no_dataset() {
+    let f = Fixture::new();
+    let loaded = f
+        .load("watch:\n  - dataset: \"100\"\n    documents: []\n")
+        .unwrap();
+    assert!(loaded.config.watch.datasets.is_empty());
+    let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("nothing to watch")),
+        "{warnings:?}"
+    );
+}

@@ -1119,6 +1119,8 @@ impl WatchBuilder {
             datasets: self
                 .datasets
                 .into_iter()
+                // An entry whose documents were all invalid (or none) lists no dataset.
+                .filter(|(_, docs)| !docs.is_empty())
                 .map(|(ds, docs)| (ds, docs.into_iter().map(|(d, (w, _, _))| (d, w)).collect()))
                 .collect(),
         }

@@ -36,7 +36,8 @@ struct Entry {
     notifier: Arc<dyn Notifier>,
     permits: Arc<Semaphore>,
     retry: RetryPolicy,
-    /// Event sequences of its deliveries started and not yet recorded.
+    /// Event sequences of its deliveries started and not yet recorded (an outcome the store
+    /// could not take stays here until it is written).
     started: HashSet<i64>,
     /// Something may have become due since its outbox was last read.
     dirty: bool,
@@ -136,7 +137,7 @@ impl Dispatcher {
                     }
                     self.finished(batch, &mut running).await;
                 }
-                Some(list) = self.updates.recv() => self.notifiers = entries(list),
+                Some(list) = self.updates.recv() => self.replace_notifiers(list),
                 _ = sleep_until_opt(next) => self.mark_all_dirty(),
             }
         }
@@ -151,6 +152,18 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// A reload's notifier set. Deliveries already started (or finished and not yet recorded)
+    /// stay busy under the new entry of the same name, so none is started a second time.
+    fn replace_notifiers(&mut self, list: Vec<Arc<dyn Notifier>>) {
+        let mut new = entries(list);
+        for (name, entry) in &mut new {
+            if let Some(old) = self.notifiers.remove(name) {
+                entry.started = old.started;
+            }
+        }
+        self.notifiers = new;
     }
 
     fn mark_all_dirty(&mut self) {
@@ -171,7 +184,6 @@ impl Dispatcher {
     ) -> Option<Instant> {
         let mut wake: Option<Instant> = None;
         let mut at = |t: Instant| wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
-        let unrecorded: HashSet<i64> = self.unrecorded.iter().map(|(d, _)| d.seq).collect();
         let now = Instant::now();
         let mut reads: Vec<(String, usize, HashSet<i64>)> = Vec::new();
         for (name, entry) in &mut self.notifiers {
@@ -189,7 +201,8 @@ impl Dispatcher {
                 None => QUEUE_PER_NOTIFIER - entry.started.len(),
             };
             entry.dirty = false;
-            let busy = entry.started.union(&unrecorded).copied().collect();
+            // Started includes outcomes not recorded yet: they are never started again.
+            let busy = entry.started.clone();
             reads.push((name.clone(), limit, busy));
         }
         let now_wall = UnixMs::now();
@@ -411,4 +424,96 @@ fn spawn(
     });
     entry.started.extend(deliveries.iter().map(|d| d.seq));
     running.insert(handle.id(), deliveries);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::event::EventType;
+    use crate::ids::{DatasetId, DocumentId};
+    use crate::notify::BoxFuture;
+    use crate::store::{NewEvent, Store};
+
+    /// A notifier whose deliveries wait until the test lets them go.
+    struct Gated {
+        calls: AtomicUsize,
+        release: Semaphore,
+    }
+
+    struct GatedNotifier(Arc<Gated>);
+
+    impl Notifier for GatedNotifier {
+        fn name(&self) -> &str {
+            "gated"
+        }
+
+        fn deliver<'a>(&'a self, _job: &'a Job) -> BoxFuture<'a, Outcome> {
+            Box::pin(async move {
+                self.0.calls.fetch_add(1, Ordering::SeqCst);
+                let _go = self.0.release.acquire().await;
+                Outcome::Delivered
+            })
+        }
+    }
+
+    async fn eventually(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn a_reload_never_starts_a_running_delivery_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let event = NewEvent {
+            event_id: "evt_1".into(),
+            event_type: EventType::Completed,
+            dataset_id: DatasetId::new("1"),
+            document_id: DocumentId::new("2"),
+            created_at: UnixMs::now(),
+            body: "{}".into(),
+            notifiers: vec!["gated".into()],
+        };
+        store.commit(&[], &[event], None, UnixMs::now()).unwrap();
+        let store = StoreHandle::new(store);
+        let gate = Arc::new(Gated {
+            calls: AtomicUsize::new(0),
+            release: Semaphore::new(0),
+        });
+        let notifier = || -> Vec<Arc<dyn Notifier>> { vec![Arc::new(GatedNotifier(gate.clone()))] };
+        let (dispatcher, handle) =
+            Dispatcher::new(store.clone(), notifier(), Arc::new(Metrics::new()));
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(dispatcher.run(stop.clone(), Duration::from_secs(1)));
+        eventually("the first attempt", || {
+            gate.calls.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        // A reload brings the same notifier anew while its delivery is still running.
+        handle.set_notifiers(notifier());
+        let again = tokio::time::timeout(
+            Duration::from_millis(500),
+            eventually("a second attempt", || gate.calls.load(Ordering::SeqCst) > 1),
+        )
+        .await;
+        assert!(again.is_err(), "the running delivery was started again");
+        gate.release.add_permits(10);
+        eventually("the delivery recorded", || {
+            let (pending, _) = Store::open_existing(dir.path())
+                .and_then(|s| s.outbox_depth())
+                .unwrap();
+            pending == 0
+        })
+        .await;
+        assert_eq!(gate.calls.load(Ordering::SeqCst), 1);
+        stop.cancel();
+        run.await.unwrap();
+    }
 }
