@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Mode};
 use crate::daemon::{self, ExtraNotifier, RunContext};
-use crate::event::{EventBody, EventType};
+use crate::event::EventType;
+use crate::notify::EventBody;
 use crate::notify::signature::SigningKey;
 use crate::notify::{BoxFuture, Job, Notifier, Outcome};
 use crate::sim::{self, Outcome as SimOutcome, Scenario, SimDataset, SimDocument};

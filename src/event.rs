@@ -1,7 +1,9 @@
-//! The event vocabulary: which kinds of events exist and how they are named on the wire.
+//! The event vocabulary: which kinds of events exist, how they are named on the wire, and the
+//! event id type.
 //!
-//! Building event bodies belongs to the notifier layer; this module only names the types, so the
-//! config (event filters), the tracker (which emits them) and the notifiers agree on one list.
+//! It depends on no other module of the crate, so the config (event filters), the tracker
+//! (which emits events), the store and the notifiers can all name events without importing
+//! each other. Building event bodies belongs to the notifier side (`notify::body`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -74,183 +76,24 @@ impl FromStr for EventType {
     }
 }
 
-/// The event body: the webhook body and the exec stdin (SPEC section 5). Every key is always
-/// present; `null` where there is no value.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EventBody {
-    #[serde(rename = "type")]
-    pub event_type: EventType,
-    pub timestamp: String,
-    pub data: EventData,
-}
+/// An event's id (`evt_...`): the same for the event forever, across retries and restarts;
+/// receivers deduplicate by it (`webhook-id`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(String);
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EventData {
-    pub event_id: String,
-    pub dataset_id: String,
-    pub document_id: String,
-    pub document_name: Option<String>,
-    pub status: Option<i64>,
-    pub progress: Option<i64>,
-    pub remaining_time: Option<i64>,
-    pub status_descript: Option<String>,
-    pub file_type: Option<String>,
-    pub size: Option<i64>,
-    pub url: Option<String>,
-    pub update_type: Option<i64>,
-    pub update_interval: Option<i64>,
-    pub previous_status: Option<i64>,
-    pub previous_progress: Option<i64>,
-    pub reason: Option<String>,
-    pub watched_since: String,
-    pub elapsed_seconds: f64,
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// Only on `notify-test` events.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub test: bool,
-}
-
-/// A new, globally unique, time-ordered event id: `evt_` + UUID v7.
-pub fn new_event_id() -> String {
-    format!("evt_{}", uuid::Uuid::now_v7().simple())
-}
-
-impl EventBody {
-    /// Builds the body of an event the tracker fired for `doc` at `now`.
-    pub fn build(
-        event_id: String,
-        doc: &crate::tracker::DocState,
-        draft: &crate::tracker::EventDraft,
-        labels: &std::collections::BTreeMap<String, String>,
-        now: crate::wall::UnixMs,
-    ) -> Self {
-        let elapsed_ms = now.0.saturating_sub(doc.watched_since.0).max(0);
-        EventBody {
-            event_type: draft.event_type,
-            timestamp: now.rfc3339_millis(),
-            data: EventData {
-                event_id,
-                dataset_id: doc.dataset_id.to_string(),
-                document_id: doc.document_id.to_string(),
-                document_name: doc.info.name.clone(),
-                status: doc.status,
-                progress: doc.progress,
-                remaining_time: doc.remaining_time,
-                status_descript: doc.info.status_descript.clone(),
-                file_type: doc.info.file_type.clone(),
-                size: doc.info.size,
-                url: doc.info.url.clone(),
-                update_type: doc.info.update_type,
-                update_interval: doc.info.update_interval,
-                previous_status: draft.previous_status,
-                previous_progress: draft.previous_progress,
-                reason: draft.reason.clone(),
-                watched_since: doc.watched_since.rfc3339_seconds(),
-                elapsed_seconds: elapsed_ms as f64 / 1000.0,
-                labels: labels.clone(),
-                test: false,
-            },
-        }
+impl EventId {
+    pub fn new(id: impl Into<String>) -> Self {
+        EventId(id.into())
     }
 
-    /// The synthetic `document.completed` event of `notify-test`, marked `"test": true`.
-    pub fn test_event(now: crate::wall::UnixMs) -> Self {
-        EventBody {
-            event_type: EventType::Completed,
-            timestamp: now.rfc3339_millis(),
-            data: EventData {
-                event_id: new_event_id(),
-                dataset_id: "0".into(),
-                document_id: "0".into(),
-                document_name: Some("coze-watch-test.pdf".into()),
-                status: Some(1),
-                progress: Some(100),
-                remaining_time: Some(0),
-                status_descript: None,
-                file_type: Some("pdf".into()),
-                size: Some(0),
-                url: None,
-                update_type: Some(0),
-                update_interval: Some(0),
-                previous_status: Some(0),
-                previous_progress: Some(50),
-                reason: None,
-                watched_since: now.rfc3339_seconds(),
-                elapsed_seconds: 0.0,
-                labels: Default::default(),
-                test: true,
-            },
-        }
-    }
-
-    pub fn to_json(&self) -> String {
-        // Serializing plain strings and numbers cannot fail; fall back to an empty object
-        // rather than panic if it ever did.
-        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ids::{DatasetId, DocumentId};
-    use crate::tracker::{DocState, EventDraft};
-    use crate::wall::UnixMs;
-
-    #[test]
-    fn body_has_every_key_of_the_spec() {
-        let doc = DocState::new(
-            DatasetId::new("1"),
-            DocumentId::new("2"),
-            UnixMs(1_796_064_000_000),
-        );
-        let draft = EventDraft {
-            event_type: EventType::Completed,
-            previous_status: None,
-            previous_progress: None,
-            reason: None,
-        };
-        let body = EventBody::build(
-            new_event_id(),
-            &doc,
-            &draft,
-            &Default::default(),
-            UnixMs(1_796_064_598_100),
-        );
-        let v: serde_json::Value = serde_json::from_str(&body.to_json()).unwrap();
-        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, ["data", "timestamp", "type"]);
-        assert_eq!(v["type"], "document.completed");
-        assert_eq!(v["timestamp"], "2026-11-30T18:49:58.100Z");
-        let data = v["data"].as_object().unwrap();
-        let mut keys: Vec<&str> = data.keys().map(String::as_str).collect();
-        keys.sort();
-        let mut want = [
-            "event_id",
-            "dataset_id",
-            "document_id",
-            "document_name",
-            "status",
-            "progress",
-            "remaining_time",
-            "status_descript",
-            "file_type",
-            "size",
-            "url",
-            "update_type",
-            "update_interval",
-            "previous_status",
-            "previous_progress",
-            "reason",
-            "watched_since",
-            "elapsed_seconds",
-            "labels",
-        ];
-        want.sort();
-        assert_eq!(keys, want);
-        assert!(data["previous_status"].is_null());
-        assert_eq!(data["watched_since"], "2026-11-30T18:40:00Z");
-        assert_eq!(data["elapsed_seconds"], 598.1);
-        assert!(data["event_id"].as_str().unwrap().starts_with("evt_"));
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }

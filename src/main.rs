@@ -602,11 +602,12 @@ async fn notify_test(name: String, args: ConfigArg) -> anyhow::Result<ExitCode> 
             return Ok(ExitCode::FAILURE);
         }
     };
-    let body = coze_watch::event::EventBody::test_event(coze_watch::wall::UnixMs::now());
+    let body = coze_watch::notify::EventBody::test_event(coze_watch::wall::UnixMs::now());
     let job = coze_watch::notify::Job {
         event_id: body.data.event_id.clone(),
         event_type: body.event_type,
         body: body.to_json(),
+        event: body,
         attempt: 1,
     };
     match notifier.deliver(&job).await {
@@ -640,8 +641,8 @@ fn print_summary(c: &Config) {
     println!(
         "api:        {} (token from {token_from}, {} ids per request, {}/s)",
         coze_watch::redact::url(c.api.base_url.as_str()),
-        c.api.max_ids_per_request,
-        c.api.max_requests_per_second
+        c.api.limits.max_ids_per_request,
+        c.api.limits.max_requests_per_second
     );
     println!(
         "watching:   {} dataset(s), {} document(s)",
@@ -671,7 +672,7 @@ fn print_summary(c: &Config) {
         line.push_str(&format!(" (limits cap {uncapped})"));
     }
     println!("{line}");
-    if capped > config::PUBLISHED_DAILY_QUOTA && c.api.max_requests_per_day.is_none() {
+    if capped > config::PUBLISHED_DAILY_QUOTA && c.api.limits.max_requests_per_day.is_none() {
         eprintln!(
             "warning: the worst case exceeds Coze's published quota of {} requests/day per space; \
              set api.max_requests_per_day to your plan's quota",

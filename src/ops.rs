@@ -65,7 +65,7 @@ async fn healthz(State(s): State<OpsState>) -> Response {
 async fn metrics(State(s): State<OpsState>) -> Response {
     let gauges = s
         .store
-        .call(|st| Ok((st.count_by_state()?, st.outbox_depth()?)))
+        .read_long(|st| Ok((st.count_by_state()?, st.outbox_depth()?)))
         .await;
     match gauges {
         Ok((counts, (pending, dead))) => {
@@ -107,7 +107,7 @@ async fn status_json(State(s): State<OpsState>) -> Response {
     let watch: Arc<WatchList> = s.watch.read().map(|w| w.clone()).unwrap_or_default();
     let report = s
         .store
-        .call(move |st| status::snapshot(st, Some(&watch), UnixMs::now()))
+        .read_long(move |st| status::snapshot(st, Some(&watch), UnixMs::now()))
         .await;
     match report {
         Ok(r) => axum::Json(r).into_response(),

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use crate::coze::{ApiError, CozeClient, DocumentProgress};
 use crate::ids::{DatasetId, DocumentId};
+use crate::schedule::Processing;
 use crate::tracker::{self, DocState, Observation, Step, TrackerPolicy};
 use crate::wall::UnixMs;
 
@@ -29,6 +30,19 @@ pub struct PollReport {
 impl PollReport {
     pub fn changed(&self) -> bool {
         self.steps.iter().any(|s| s.changed)
+    }
+
+    /// The documents still processing after this poll, with their hints: what the schedule
+    /// aims at (see [`DocState::is_processing`]).
+    pub fn processing(&self) -> Vec<Processing> {
+        self.steps
+            .iter()
+            .filter(|s| s.state.is_processing())
+            .map(|s| Processing {
+                document_id: s.state.document_id.clone(),
+                remaining_time: s.state.remaining_time,
+            })
+            .collect()
     }
 }
 

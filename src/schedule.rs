@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{BackoffConfig, PollConfig};
+use crate::coze::ApiError;
 use crate::ids::{DatasetId, DocumentId};
 
 /// How much a failure's backoff may be stretched: `* (1 + U[0, 0.5])`.
@@ -54,6 +55,38 @@ pub enum Failure {
     RateLimited { retry_after: Option<Duration> },
     /// Auth or permission: straight to the backoff maximum.
     AtMaximum,
+}
+
+/// What an API error means for the schedule: how the dataset backs off, how long every
+/// request pauses (the token and the quota are shared), and whether `token_file` is read
+/// again. The daemon and `wait` both act on it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ErrorReaction {
+    pub failure: Failure,
+    pub pause_all: Option<Duration>,
+    pub reread_token: bool,
+}
+
+/// The reaction to `e` (SPEC section 1's table).
+pub fn reaction(e: &ApiError, policy: &SchedulePolicy) -> ErrorReaction {
+    let (failure, pause_all, reread_token) = match e {
+        ApiError::Auth(_) => (Failure::AtMaximum, Some(policy.backoff.max), true),
+        ApiError::Permission(_) => (Failure::AtMaximum, None, false),
+        ApiError::RateLimited { retry_after, .. } => (
+            Failure::RateLimited {
+                retry_after: *retry_after,
+            },
+            // With a Retry-After the client has paused itself already.
+            retry_after.is_none().then_some(policy.backoff.initial),
+            false,
+        ),
+        _ => (Failure::Backoff, None, false),
+    };
+    ErrorReaction {
+        failure,
+        pause_all,
+        reread_token,
+    }
 }
 
 #[derive(Clone, Debug, Default)]

@@ -109,7 +109,7 @@ pub fn snapshot(
                 document_name: d.info.name.clone(),
                 state: d.state.as_str().to_string(),
                 stalled: d.stalled,
-                status: d.status,
+                status: d.status.map(crate::coze::DocumentStatus::code),
                 progress: d.progress,
                 remaining_time: d.remaining_time,
                 reason: d.reason.clone().or_else(|| d.info.status_descript.clone()),

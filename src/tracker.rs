@@ -8,8 +8,6 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::PollConfig;
 use crate::coze::{DocumentProgress, DocumentStatus};
 use crate::event::EventType;
@@ -17,8 +15,7 @@ use crate::ids::{DatasetId, DocumentId};
 use crate::wall::UnixMs;
 
 /// Where a document is in its life. Everything but `Watching` is terminal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Lifecycle {
     Watching,
     Completed,
@@ -55,8 +52,7 @@ impl Lifecycle {
 }
 
 /// Why a document went missing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MissingReason {
     /// Status 3 (self-hosted Coze Studio).
     Deleted,
@@ -80,7 +76,7 @@ impl MissingReason {
 }
 
 /// What the API last said about the document, beyond its status.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct DocInfo {
     pub name: Option<String>,
     pub file_type: Option<String>,
@@ -91,8 +87,9 @@ pub struct DocInfo {
     pub status_descript: Option<String>,
 }
 
-/// Everything coze-watch knows about one watched document. Persisted as is.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Everything coze-watch knows about one watched document. Not serializable: the store keeps
+/// its own row type (`store::documents::Row`), so a field added here never breaks an old row.
+#[derive(Clone, Debug, PartialEq)]
 pub struct DocState {
     pub dataset_id: DatasetId,
     pub document_id: DocumentId,
@@ -104,8 +101,8 @@ pub struct DocState {
     /// The last change of status or progress (the stall clock).
     pub last_change: UnixMs,
     pub last_seen: Option<UnixMs>,
-    /// Last status code seen (open: unknown values are kept).
-    pub status: Option<i64>,
+    /// Last status seen (open: unknown values are kept).
+    pub status: Option<DocumentStatus>,
     pub progress: Option<i64>,
     pub remaining_time: Option<i64>,
     /// Progress at the last `document.progress` event (or at first sight).
@@ -119,10 +116,6 @@ pub struct DocState {
     /// Why it is missing or timed out.
     pub reason: Option<String>,
     pub terminal_at: Option<UnixMs>,
-    /// When the daemon last wrote this state to the store. Bookkeeping of the writer, never
-    /// stored itself.
-    #[serde(skip)]
-    pub persisted_at: Option<UnixMs>,
 }
 
 impl DocState {
@@ -145,7 +138,6 @@ impl DocState {
             unknown_status_warned: None,
             reason: None,
             terminal_at: None,
-            persisted_at: None,
         }
     }
 
@@ -153,55 +145,11 @@ impl DocState {
         !self.state.is_terminal()
     }
 
-    /// Whether `self` differs from `older` in anything but its [`Recent`] part (and the
-    /// signed url, which every answer brings anew): those fields change at nearly every
-    /// answer, so the daemon keeps them in memory and writes them at most every minute; a
-    /// changed progress after a restart re-arms the stall clock by itself.
-    pub fn differs_materially(&self, older: &DocState) -> bool {
-        self.state != older.state
-            || self.stalled != older.stalled
-            || self.absent_count != older.absent_count
-            || self.absent_since != older.absent_since
-            || self.unknown_status_warned != older.unknown_status_warned
-            || self.progress_reported != older.progress_reported
-            || self.status != older.status
-            || older.last_seen.is_none()
-            || self.info.name != older.info.name
-            || self.info.file_type != older.info.file_type
-            || self.info.size != older.info.size
-            || self.info.update_type != older.info.update_type
-            || self.info.update_interval != older.info.update_interval
-            || self.info.status_descript != older.info.status_descript
-            || self.reason != older.reason
+    /// Live, last seen processing, and in the last answer: a document whose `remaining_time`
+    /// may guide the schedule. The daemon and `wait` both decide by this.
+    pub fn is_processing(&self) -> bool {
+        self.is_live() && self.status == Some(DocumentStatus::Processing) && self.absent_count == 0
     }
-
-    /// The fields that change at nearly every answer.
-    pub fn recent(&self) -> Recent {
-        Recent {
-            progress: self.progress,
-            remaining_time: self.remaining_time,
-            last_change: self.last_change,
-            last_seen: self.last_seen,
-        }
-    }
-
-    /// Puts back fields newer than the stored state (see [`DocState::recent`]).
-    pub fn set_recent(&mut self, r: &Recent) {
-        self.progress = r.progress;
-        self.remaining_time = r.remaining_time;
-        self.last_change = r.last_change;
-        self.last_seen = r.last_seen;
-    }
-}
-
-/// The part of a live document's state that changes at nearly every answer: what a writer may
-/// hold in memory, newer than its stored copy, instead of writing it every time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Recent {
-    pub progress: Option<i64>,
-    pub remaining_time: Option<i64>,
-    pub last_change: UnixMs,
-    pub last_seen: Option<UnixMs>,
 }
 
 /// What one answer said about one document.
@@ -247,7 +195,7 @@ impl From<&PollConfig> for TrackerPolicy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventDraft {
     pub event_type: EventType,
-    pub previous_status: Option<i64>,
+    pub previous_status: Option<DocumentStatus>,
     pub previous_progress: Option<i64>,
     pub reason: Option<String>,
 }
@@ -306,7 +254,7 @@ fn seen(step: &mut Step, p: &DocumentProgress, now: UnixMs, policy: &TrackerPoli
     doc.absent_since = None;
     doc.last_seen = Some(now);
     update_info(&mut doc.info, p);
-    doc.status = Some(p.status.code());
+    doc.status = Some(p.status);
     doc.progress = p.progress.or(doc.progress);
     doc.remaining_time = p.remaining_time;
     step.changed = prev_status != doc.status || prev_progress != doc.progress;
@@ -367,7 +315,7 @@ fn update_info(info: &mut DocInfo, p: &DocumentProgress) {
 
 fn processing(
     step: &mut Step,
-    prev_status: Option<i64>,
+    prev_status: Option<DocumentStatus>,
     prev_progress: Option<i64>,
     now: UnixMs,
     policy: &TrackerPolicy,
@@ -446,7 +394,7 @@ fn finish_with(
     step: &mut Step,
     to: Lifecycle,
     reason: Option<String>,
-    previous_status: Option<i64>,
+    previous_status: Option<DocumentStatus>,
     previous_progress: Option<i64>,
     now: UnixMs,
 ) {
@@ -526,7 +474,10 @@ mod tests {
         assert!(s1.events.is_empty());
         let s2 = see(&s1.state, 1, 100, 2);
         assert_eq!(types(&s2), [EventType::Completed]);
-        assert_eq!(s2.events[0].previous_status, Some(0));
+        assert_eq!(
+            s2.events[0].previous_status,
+            Some(DocumentStatus::Processing)
+        );
         assert_eq!(s2.events[0].previous_progress, Some(40));
         assert_eq!(s2.state.state, Lifecycle::Completed);
         let s3 = see(&s2.state, 1, 100, 3);
@@ -714,18 +665,6 @@ mod tests {
             &p,
         );
         assert_eq!(s.events[0].reason.as_deref(), Some("dataset_not_found"));
-    }
-
-    #[test]
-    fn progress_alone_is_not_a_material_change_but_a_stall_is() {
-        let first = see(&doc(), 0, 10, 1);
-        assert!(first.state.differs_materially(&doc()), "first sight");
-        let more = see(&first.state, 0, 15, 2);
-        assert!(!more.state.differs_materially(&first.state));
-        let stalled = see(&more.state, 0, 15, 40);
-        assert!(stalled.state.differs_materially(&more.state));
-        let done = see(&stalled.state, 1, 100, 41);
-        assert!(done.state.differs_materially(&stalled.state));
     }
 
     #[test]

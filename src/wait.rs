@@ -17,11 +17,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::config::PollConfig;
+use crate::config::{ApiLimits, PollConfig};
 use crate::coze::{ApiError, ClientSettings, CozeClient};
 use crate::ids::{DatasetId, DocumentId};
 use crate::poller::{PollReport, poll_dataset};
-use crate::schedule::{DatasetSchedule, Failure, Processing, SchedulePolicy};
+use crate::schedule::{DatasetSchedule, SchedulePolicy};
 use crate::secret::Secret;
 use crate::tracker::{DocState, Lifecycle, Step, TrackerPolicy};
 use crate::wall::UnixMs;
@@ -117,11 +117,7 @@ pub async fn run(opts: WaitOptions, interrupt: CancellationToken) -> Result<Wait
     let client = CozeClient::new(ClientSettings {
         base_url: opts.base_url.clone(),
         token: opts.token.clone(),
-        request_timeout: Duration::from_secs(15),
-        max_ids_per_request: 50,
-        max_requests_per_second: 1.0,
-        max_requests_per_day: None,
-        max_concurrent_requests: 2,
+        limits: ApiLimits::default(),
     })
     .map_err(|e| e.to_string())?;
     let tracker = TrackerPolicy::from(&poll);
@@ -174,25 +170,14 @@ pub async fn run(opts: WaitOptions, interrupt: CancellationToken) -> Result<Wait
         match &report.failure {
             Some(e) => {
                 view.note(&format!("retrying: {e}"));
-                let f = match e {
-                    ApiError::RateLimited { retry_after, .. } => Failure::RateLimited {
-                        retry_after: *retry_after,
-                    },
-                    _ => Failure::Backoff,
-                };
-                schedule.on_failure(now, f, &policy, u);
+                let r = crate::schedule::reaction(e, &policy);
+                if let Some(pause) = r.pause_all {
+                    client.pause_until(now + pause);
+                }
+                schedule.on_failure(now, r.failure, &policy, u);
             }
             None => {
-                let processing: Vec<Processing> = report
-                    .steps
-                    .iter()
-                    .filter(|s| s.state.is_live() && s.state.status == Some(0))
-                    .map(|s| Processing {
-                        document_id: s.state.document_id.clone(),
-                        remaining_time: s.state.remaining_time,
-                    })
-                    .collect();
-                schedule.on_success(now, &processing, report.changed(), &policy, u);
+                schedule.on_success(now, &report.processing(), report.changed(), &policy, u);
             }
         }
         for step in report.steps {
@@ -234,7 +219,7 @@ fn document_report(d: &DocState, now: UnixMs) -> DocumentReport {
         document_id: d.document_id.to_string(),
         document_name: d.info.name.clone(),
         state: d.state.as_str(),
-        status: d.status,
+        status: d.status.map(crate::coze::DocumentStatus::code),
         progress: d.progress,
         remaining_time: d.remaining_time,
         status_descript: d.info.status_descript.clone(),

@@ -4,6 +4,7 @@ mod helper;
 
 use std::time::Duration;
 
+use coze_watch::config::ApiLimits;
 use coze_watch::coze::{ApiError, ClientSettings, CozeClient, DocumentStatus};
 use coze_watch::ids::{DatasetId, DocumentId};
 use coze_watch::secret::Secret;
@@ -29,11 +30,13 @@ fn client(sim: &SimHandle, token: &str, batch: usize) -> std::sync::Arc<CozeClie
     CozeClient::new(ClientSettings {
         base_url: sim.base_url().parse().unwrap(),
         token: Secret::new(token),
-        request_timeout: Duration::from_secs(2),
-        max_ids_per_request: batch,
-        max_requests_per_second: 1000.0,
-        max_requests_per_day: None,
-        max_concurrent_requests: 4,
+        limits: ApiLimits {
+            request_timeout: Duration::from_secs(2),
+            max_ids_per_request: batch,
+            max_requests_per_second: 1000.0,
+            max_requests_per_day: None,
+            max_concurrent_requests: 4,
+        },
     })
     .unwrap()
 }

@@ -131,7 +131,9 @@ async fn a_store_written_by_0_1_0_runs_without_refiring_and_delivers_its_backlog
     .await;
     // A poll of the watching document (the terminal ones are never asked for again); it
     // fires nothing.
-    daemon.wait_for("poll recorded", Duration::from_secs(20)).await;
+    daemon
+        .wait_for("poll recorded", Duration::from_secs(20))
+        .await;
     assert!(sim.stats().requests >= 1);
     daemon.stop().await;
 

@@ -83,7 +83,7 @@ fn minimal_config_loads_with_defaults() {
     let c = f.load(WATCH).unwrap().config;
     assert_eq!(c.api.base_url.as_str(), "https://api.coze.cn/");
     assert_eq!(c.api.token.expose(), TOKEN);
-    assert_eq!(c.api.max_ids_per_request, 50);
+    assert_eq!(c.api.limits.max_ids_per_request, 50);
     assert_eq!(c.poll.min_interval.as_secs(), 2);
     assert_eq!(c.poll.max_interval.as_secs(), 120);
     assert_eq!(c.poll.missing_after, 5);

@@ -121,11 +121,30 @@ pub struct ApiConfig {
     pub base_url: Url,
     pub token_source: TokenSource,
     pub token: Secret,
+    pub limits: ApiLimits,
+}
+
+/// How the client may use the API. [`ApiLimits::default`] is the one source of the defaults of
+/// SPEC section 3: the config's and `wait`'s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiLimits {
     pub request_timeout: Duration,
     pub max_ids_per_request: usize,
     pub max_requests_per_second: f64,
     pub max_requests_per_day: Option<u64>,
     pub max_concurrent_requests: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            request_timeout: Duration::from_secs(15),
+            max_ids_per_request: 50,
+            max_requests_per_second: 1.0,
+            max_requests_per_day: None,
+            max_concurrent_requests: 2,
+        }
+    }
 }
 
 /// Where the API token comes from. A `File` is re-read on reload and before retrying a 401.
@@ -393,16 +412,16 @@ impl Config {
     pub fn worst_case_requests_per_day(&self) -> (u64, u64) {
         let day = 86_400.0;
         let polls_per_day = (day / self.poll.min_interval.as_secs_f64().max(0.001)).ceil() as u64;
-        let batch = self.api.max_ids_per_request.max(1);
+        let batch = self.api.limits.max_ids_per_request.max(1);
         let uncapped: u64 = self
             .watch
             .datasets
             .values()
             .map(|docs| docs.len().div_ceil(batch) as u64 * polls_per_day)
             .sum();
-        let by_rate = (self.api.max_requests_per_second * day).floor() as u64;
+        let by_rate = (self.api.limits.max_requests_per_second * day).floor() as u64;
         let mut capped = uncapped.min(by_rate);
-        if let Some(budget) = self.api.max_requests_per_day {
+        if let Some(budget) = self.api.limits.max_requests_per_day {
             capped = capped.min(budget);
         }
         (capped, uncapped)

@@ -285,21 +285,22 @@ fn resolve_api(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawApi) ->
         },
     };
 
+    let d = ApiLimits::default();
     let request_timeout = ctx.positive_duration(
         src,
         &path.key("request_timeout"),
         raw.request_timeout.as_ref(),
-        Duration::from_secs(15),
+        d.request_timeout,
     );
     let max_ids_per_request = ctx.count(
         src,
         &path.key("max_ids_per_request"),
         raw.max_ids_per_request,
         1..=1000,
-        50,
+        d.max_ids_per_request as u64,
     ) as usize;
     let max_requests_per_second = match raw.max_requests_per_second {
-        None => 1.0,
+        None => d.max_requests_per_second,
         Some(r) if r.is_finite() && r > 0.0 && r <= 1000.0 => r,
         Some(r) => {
             ctx.error(
@@ -307,7 +308,7 @@ fn resolve_api(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawApi) ->
                 &path.key("max_requests_per_second"),
                 format!("{r} must be a number greater than 0 and at most 1000"),
             );
-            1.0
+            d.max_requests_per_second
         }
     };
     let max_requests_per_day = match raw.max_requests_per_day {
@@ -326,17 +327,19 @@ fn resolve_api(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawApi) ->
         &path.key("max_concurrent_requests"),
         raw.max_concurrent_requests,
         1..=64,
-        2,
+        d.max_concurrent_requests as u64,
     ) as usize;
     ApiConfig {
         base_url,
         token_source,
         token,
-        request_timeout,
-        max_ids_per_request,
-        max_requests_per_second,
-        max_requests_per_day,
-        max_concurrent_requests,
+        limits: ApiLimits {
+            request_timeout,
+            max_ids_per_request,
+            max_requests_per_second,
+            max_requests_per_day,
+            max_concurrent_requests,
+        },
     }
 }
 

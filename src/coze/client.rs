@@ -16,7 +16,7 @@ use url::Url;
 use super::error::{Answer, ApiError, Exchange, TransientKind, classify};
 use super::limiter::RateLimiter;
 use super::wire::ProcessRequest;
-use crate::config::ApiConfig;
+use crate::config::{ApiConfig, ApiLimits};
 use crate::ids::{DatasetId, DocumentId};
 use crate::secret::Secret;
 
@@ -28,11 +28,7 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub struct ClientSettings {
     pub base_url: Url,
     pub token: Secret,
-    pub request_timeout: Duration,
-    pub max_ids_per_request: usize,
-    pub max_requests_per_second: f64,
-    pub max_requests_per_day: Option<u64>,
-    pub max_concurrent_requests: usize,
+    pub limits: ApiLimits,
 }
 
 impl From<&ApiConfig> for ClientSettings {
@@ -40,11 +36,7 @@ impl From<&ApiConfig> for ClientSettings {
         ClientSettings {
             base_url: api.base_url.clone(),
             token: api.token.clone(),
-            request_timeout: api.request_timeout,
-            max_ids_per_request: api.max_ids_per_request,
-            max_requests_per_second: api.max_requests_per_second,
-            max_requests_per_day: api.max_requests_per_day,
-            max_concurrent_requests: api.max_concurrent_requests,
+            limits: api.limits.clone(),
         }
     }
 }
@@ -92,8 +84,8 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
 impl CozeClient {
     pub fn new(settings: ClientSettings) -> Result<Arc<Self>, BuildError> {
         let http = http_client_builder()
-            .timeout(settings.request_timeout)
-            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
+            .timeout(settings.limits.request_timeout)
+            .connect_timeout(settings.limits.request_timeout.min(Duration::from_secs(10)))
             .build()
             .map_err(|e| BuildError(e.without_url().to_string()))?;
         Ok(Arc::new(CozeClient {
@@ -101,12 +93,12 @@ impl CozeClient {
             base_url: settings.base_url,
             token: RwLock::new(settings.token),
             limiter: Mutex::new(RateLimiter::new(
-                settings.max_requests_per_second,
-                settings.max_requests_per_day,
+                settings.limits.max_requests_per_second,
+                settings.limits.max_requests_per_day,
                 Instant::now(),
             )),
-            permits: Semaphore::new(settings.max_concurrent_requests.max(1)),
-            batch_size: settings.max_ids_per_request.max(1),
+            permits: Semaphore::new(settings.limits.max_concurrent_requests.max(1)),
+            batch_size: settings.limits.max_ids_per_request.max(1),
         }))
     }
 

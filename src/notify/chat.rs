@@ -11,10 +11,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
+use super::EventBody;
 use super::Outcome;
 use super::signature::hmac_sha256;
 use crate::config::{Language, WebhookFormat};
-use crate::event::{EventBody, EventType};
+use crate::event::EventType;
 
 /// WeCom's limit for a text message, in bytes.
 pub const WECOM_MAX_BYTES: usize = 2048;
@@ -277,7 +278,6 @@ pub fn read_answer(format: WebhookFormat, body: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::EventBody;
     use crate::wall::UnixMs;
 
     fn body(t: EventType, name: &str) -> EventBody {

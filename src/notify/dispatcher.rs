@@ -208,7 +208,7 @@ impl Dispatcher {
         let now_wall = UnixMs::now();
         let read = self
             .store
-            .read(move |s| {
+            .read_inline(move |s| {
                 let due: Vec<_> = reads
                     .into_iter()
                     .map(|(name, limit, busy)| {
@@ -318,7 +318,7 @@ impl Dispatcher {
         let labels: Vec<&'static str> = attempts.iter().map(|a| a.update.label()).collect();
         match self
             .store
-            .call(move |s| s.record_attempts(&attempts, now))
+            .write(move |s| s.record_attempts(&attempts, now))
             .await
         {
             Ok(()) => {
@@ -402,26 +402,50 @@ fn spawn(
     entry: &mut Entry,
     deliveries: Vec<Delivery>,
 ) {
-    let jobs: Vec<Job> = deliveries
-        .iter()
-        .map(|d| Job {
-            event_id: d.event_id.clone(),
-            event_type: d.event_type,
-            body: d.body.clone(),
-            attempt: d.attempts + 1,
-        })
-        .collect();
+    let mut jobs = Vec::with_capacity(deliveries.len());
+    let mut readable = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        let job = Job::new(
+            d.event_id.clone(),
+            d.event_type,
+            d.body.clone(),
+            d.attempts + 1,
+        );
+        match job {
+            Ok(job) => {
+                jobs.push(job);
+                readable.push(d);
+            }
+            // The one rule for a body that cannot be read: dead, whatever the notifier.
+            Err(error) => start(tasks, running, entry, vec![d], async move {
+                Outcome::Permanent { error }
+            }),
+        }
+    }
+    if jobs.is_empty() {
+        return;
+    }
     let notifier = entry.notifier.clone();
     let permits = entry.permits.clone();
-    let covered = deliveries.clone();
-    let handle = tasks.spawn(async move {
+    start(tasks, running, entry, readable, async move {
         let _permit = permits.acquire_owned().await;
-        let outcome = match jobs.as_slice() {
+        match jobs.as_slice() {
             [one] => notifier.deliver(one).await,
             many => notifier.deliver_digest(many).await,
-        };
-        (covered, outcome)
+        }
     });
+}
+
+/// Runs `outcome` as the task that covers `deliveries`.
+fn start(
+    tasks: &mut JoinSet<TaskResult>,
+    running: &mut HashMap<tokio::task::Id, Vec<Delivery>>,
+    entry: &mut Entry,
+    deliveries: Vec<Delivery>,
+    outcome: impl std::future::Future<Output = Outcome> + Send + 'static,
+) {
+    let covered = deliveries.clone();
+    let handle = tasks.spawn(async move { (covered, outcome.await) });
     entry.started.extend(deliveries.iter().map(|d| d.seq));
     running.insert(handle.id(), deliveries);
 }
@@ -469,16 +493,66 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reload_never_starts_a_running_delivery_again() {
+    async fn an_unreadable_body_makes_the_delivery_dead_without_calling_the_notifier() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let event = NewEvent {
-            event_id: "evt_1".into(),
+            event_id: crate::event::EventId::new("evt_1"),
             event_type: EventType::Completed,
             dataset_id: DatasetId::new("1"),
             document_id: DocumentId::new("2"),
             created_at: UnixMs::now(),
-            body: "{}".into(),
+            body: "{not json".into(),
+            notifiers: vec!["gated".into()],
+        };
+        store.commit(&[], &[event], None, UnixMs::now()).unwrap();
+        let store = StoreHandle::new(store);
+        let gate = Arc::new(Gated {
+            calls: AtomicUsize::new(0),
+            release: Semaphore::new(1),
+        });
+        let (dispatcher, _handle) = Dispatcher::new(
+            store.clone(),
+            vec![Arc::new(GatedNotifier(gate.clone()))],
+            Arc::new(Metrics::new()),
+        );
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(dispatcher.run(stop.clone(), Duration::from_secs(1)));
+        let dead = || {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                Store::open_read_only(&dir)
+                    .and_then(|s| s.deliveries("dead", 10))
+                    .unwrap_or_default()
+            })
+            .join()
+            .unwrap_or_default()
+        };
+        eventually("the delivery to die", || !dead().is_empty()).await;
+        let rows = dead();
+        assert!(
+            rows[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("stored event body is unreadable")),
+            "{rows:?}"
+        );
+        assert_eq!(gate.calls.load(Ordering::SeqCst), 0);
+        stop.cancel();
+        run.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reload_never_starts_a_running_delivery_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let event = NewEvent {
+            event_id: crate::event::EventId::new("evt_1"),
+            event_type: EventType::Completed,
+            dataset_id: DatasetId::new("1"),
+            document_id: DocumentId::new("2"),
+            created_at: UnixMs::now(),
+            body: crate::notify::EventBody::test_event(UnixMs::now()).to_json(),
             notifiers: vec!["gated".into()],
         };
         store.commit(&[], &[event], None, UnixMs::now()).unwrap();

@@ -17,7 +17,6 @@ use tokio::process::Command;
 
 use super::{BoxFuture, Job, Notifier, Outcome};
 use crate::config::{ExecConfig, RetryPolicy};
-use crate::event::EventBody;
 
 /// Output bytes kept for the log.
 pub const OUTPUT_LOGGED: usize = 4096;
@@ -153,24 +152,23 @@ impl Notifier for ExecNotifier {
 /// The `COZE_*` variables of an event. Values are data: no shell ever sees them. NUL bytes,
 /// which an environment cannot hold, are dropped.
 pub fn event_env(job: &Job) -> Vec<(&'static str, String)> {
-    let body: Option<EventBody> = serde_json::from_str(&job.body).ok();
-    let d = body.as_ref().map(|b| &b.data);
-    let text = |v: Option<String>| v.unwrap_or_default().replace('\0', "");
+    let d = &job.event.data;
+    let text = |v: &str| v.replace('\0', "");
     let num = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
     vec![
         ("COZE_WATCH_EVENT", job.event_type.as_str().to_string()),
-        ("COZE_WATCH_EVENT_ID", job.event_id.clone()),
-        ("COZE_DATASET_ID", text(d.map(|d| d.dataset_id.clone()))),
-        ("COZE_DOCUMENT_ID", text(d.map(|d| d.document_id.clone()))),
+        ("COZE_WATCH_EVENT_ID", job.event_id.to_string()),
+        ("COZE_DATASET_ID", text(&d.dataset_id)),
+        ("COZE_DOCUMENT_ID", text(&d.document_id)),
         (
             "COZE_DOCUMENT_NAME",
-            text(d.and_then(|d| d.document_name.clone())),
+            text(d.document_name.as_deref().unwrap_or_default()),
         ),
-        ("COZE_DOCUMENT_STATUS", num(d.and_then(|d| d.status))),
-        ("COZE_DOCUMENT_PROGRESS", num(d.and_then(|d| d.progress))),
+        ("COZE_DOCUMENT_STATUS", num(d.status)),
+        ("COZE_DOCUMENT_PROGRESS", num(d.progress)),
         (
             "COZE_STATUS_DESCRIPT",
-            text(d.and_then(|d| d.status_descript.clone())),
+            text(d.status_descript.as_deref().unwrap_or_default()),
         ),
     ]
 }

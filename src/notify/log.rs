@@ -5,7 +5,8 @@
 //! a document name cannot forge log lines. The document `url` (a signed download link) is
 //! never logged.
 
-use crate::event::{EventBody, EventType};
+use super::EventBody;
+use crate::event::EventType;
 
 use super::{BoxFuture, Job, Notifier, Outcome};
 
@@ -26,15 +27,8 @@ impl Notifier for LogNotifier {
 
     fn deliver<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            match serde_json::from_str::<EventBody>(&job.body) {
-                Ok(body) => {
-                    emit(&self.name, &body);
-                    Outcome::Delivered
-                }
-                Err(e) => Outcome::Permanent {
-                    error: format!("stored event body is unreadable: {e}"),
-                },
-            }
+            emit(&self.name, &job.event);
+            Outcome::Delivered
         })
     }
 }

@@ -5,6 +5,7 @@
 //! touches the store or decides about retries. The dispatcher owns retries, ordering and
 //! concurrency, and records every outcome in the store.
 
+pub mod body;
 pub mod chat;
 pub mod dispatcher;
 pub mod exec;
@@ -17,7 +18,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::config::RetryPolicy;
-use crate::event::EventType;
+use crate::event::{EventId, EventType};
+
+pub use body::{EventBody, new_event_id};
 
 pub use dispatcher::{Dispatcher, DispatcherHandle};
 
@@ -38,12 +41,34 @@ pub fn build(config: &NotifierConfig) -> Result<Arc<dyn Notifier>, String> {
 /// One attempt to deliver one event to one notifier.
 #[derive(Clone, Debug)]
 pub struct Job {
-    pub event_id: String,
+    pub event_id: EventId,
     pub event_type: EventType,
-    /// The event body as stored (JSON).
+    /// The event body as stored (JSON): the exact bytes a webhook sends.
     pub body: String,
+    /// The same body, decoded once by the dispatcher.
+    pub event: EventBody,
     /// 1 for the first attempt.
     pub attempt: u32,
+}
+
+impl Job {
+    /// The job for attempt `attempt` of a stored event; `Err` says why its body is unreadable
+    /// (the one rule for every notifier: such a delivery is dead).
+    pub fn new(
+        event_id: EventId,
+        event_type: EventType,
+        body: String,
+        attempt: u32,
+    ) -> Result<Job, String> {
+        let event = EventBody::decode(&body)?;
+        Ok(Job {
+            event_id,
+            event_type,
+            body,
+            event,
+            attempt,
+        })
+    }
 }
 
 /// How an attempt went.

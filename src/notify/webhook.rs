@@ -13,11 +13,11 @@ use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 
 use std::sync::Mutex;
 
+use super::EventBody;
 use super::signature::SigningKey;
 use super::{BoxFuture, Job, Notifier, Outcome, chat};
 use crate::config::{RetryPolicy, WebhookConfig};
 use crate::coze::http_client_builder;
-use crate::event::EventBody;
 use crate::secret::Secret;
 use crate::window::Throttle;
 
@@ -101,22 +101,12 @@ impl WebhookNotifier {
         if !self.config.format.is_chat() {
             return self.send(job).await;
         }
-        match serde_json::from_str::<EventBody>(&job.body) {
-            Ok(body) => {
-                self.send_chat(&chat::event_text(&body, self.config.language))
-                    .await
-            }
-            Err(e) => Outcome::Permanent {
-                error: format!("stored event body is unreadable: {e}"),
-            },
-        }
+        self.send_chat(&chat::event_text(&job.event, self.config.language))
+            .await
     }
 
     async fn deliver_many(&self, jobs: &[Job]) -> Outcome {
-        let bodies: Vec<EventBody> = jobs
-            .iter()
-            .filter_map(|j| serde_json::from_str(&j.body).ok())
-            .collect();
+        let bodies: Vec<EventBody> = jobs.iter().map(|j| j.event.clone()).collect();
         self.send_chat(&chat::digest_text(&bodies, self.config.language))
             .await
     }
@@ -127,10 +117,10 @@ impl WebhookNotifier {
             .http
             .post(self.config.url.expose().clone())
             .header(CONTENT_TYPE, "application/json")
-            .header("webhook-id", &job.event_id)
+            .header("webhook-id", job.event_id.as_str())
             .header("webhook-timestamp", timestamp.to_string());
         if let Some(key) = &self.key {
-            let signature = key.sign(&job.event_id, timestamp, job.body.as_bytes());
+            let signature = key.sign(job.event_id.as_str(), timestamp, job.body.as_bytes());
             request = request.header("webhook-signature", signature);
         }
         let response = match self.post(request.body(job.body.clone())).await {

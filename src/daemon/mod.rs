@@ -1,0 +1,207 @@
+//! The daemon (`coze-watch run`): wires config, schedule, client, tracker, store and
+//! dispatcher together, and handles reload and shutdown.
+//!
+//! One task (the [`engine`]) owns all mutable engine state (which documents are live, each
+//! dataset's schedule) and is the only writer of document states and events, so there are no
+//! locks around them. Polls run as child tasks that return a report; the loop commits each
+//! report in one store transaction and only then updates its memory, so a failed commit loses
+//! nothing: the next poll sees the same transition again. It never delivers anything itself
+//! (the dispatcher does).
+//!
+//! Layout: this file is the seam ([`run`], [`RunContext`]) and the start-up; `engine` the run
+//! loop; `persist` which states are written when; `adopt` the merge of the watch list with the
+//! store; `reload` SIGHUP.
+
+mod adopt;
+mod engine;
+mod persist;
+mod reload;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::coze::{ClientSettings, CozeClient};
+use crate::event::EventType;
+use crate::metrics::Metrics;
+use crate::notify::{Dispatcher, Notifier};
+use crate::ops::OpsState;
+use crate::schedule::SchedulePolicy;
+use crate::store::{DirLock, Store, StoreError, StoreHandle};
+use crate::tracker::TrackerPolicy;
+use engine::Engine;
+
+/// How long in-flight polls and deliveries get at shutdown before they are cancelled.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often old event bodies are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// A deadline that never comes (a timer with nothing to wait for).
+const NEVER: Duration = Duration::from_secs(365 * 86_400);
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("http.listen {listen}: cannot listen: {source}")]
+    Listen {
+        listen: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Client(#[from] crate::coze::client::BuildError),
+}
+
+impl DaemonError {
+    /// The process exit code: 65 for an unusable store, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Store(e) if e.is_unusable() => 65,
+            _ => 1,
+        }
+    }
+}
+
+/// A notifier added by the program rather than the config (the demo's narrator), subscribed to
+/// these event types for every document.
+pub struct ExtraNotifier {
+    pub notifier: Arc<dyn Notifier>,
+    pub events: Vec<EventType>,
+}
+
+/// What the daemon is given besides its config.
+pub struct RunContext {
+    /// Stops the daemon (SIGTERM, SIGINT).
+    pub shutdown: CancellationToken,
+    /// One message per SIGHUP.
+    pub reload: mpsc::UnboundedReceiver<()>,
+    /// One message per SIGUSR1: look at the outbox now (`deliveries --retry` sends it).
+    pub nudge: mpsc::UnboundedReceiver<()>,
+    pub extra_notifiers: Vec<ExtraNotifier>,
+    /// Counts the run loop's wake-ups (idle means idle).
+    pub wakeups: Arc<AtomicU64>,
+    /// Called once the store is open and the first schedule is set.
+    pub on_ready: Box<dyn FnOnce() + Send>,
+}
+
+/// Runs the daemon until `ctx.shutdown`; returns after in-flight work had its grace period.
+pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError> {
+    let dir = config.state.dir.clone();
+    let (lock, store) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let lock = DirLock::acquire(&dir)?;
+        let store = Store::open(&dir)?;
+        Ok((lock, store))
+    })
+    .await
+    .map_err(|e| StoreError::Dir {
+        dir: config.state.dir.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
+    tracing::info!(store = %store.path().display(), "store open");
+    let store = StoreHandle::new(store);
+    let client = CozeClient::new(ClientSettings::from(&config.api))?;
+    let metrics = Arc::new(Metrics::new());
+    let watch = Arc::new(RwLock::new(config.watch.clone()));
+    let ops = match config.http.as_ref() {
+        Some(http) => {
+            let state = OpsState {
+                metrics: metrics.clone(),
+                store: store.clone(),
+                watch: watch.clone(),
+            };
+            Some(
+                crate::ops::serve(http.listen, state, ctx.shutdown.clone())
+                    .await
+                    .map_err(|source| DaemonError::Listen {
+                        listen: http.listen,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let extra = std::mem::take(&mut ctx.extra_notifiers);
+    let (dispatcher, dispatch) =
+        Dispatcher::new(store.clone(), notifiers(&config, &extra), metrics.clone());
+    let mut engine = Engine::new(
+        config,
+        metrics,
+        watch,
+        client,
+        store.clone(),
+        dispatch,
+        extra,
+    );
+    engine.sweep_removed_notifiers().await;
+    engine.adopt_watch_list(true).await;
+    let dispatcher_task = tokio::spawn(dispatcher.run(ctx.shutdown.clone(), SHUTDOWN_GRACE));
+    let on_ready = std::mem::replace(&mut ctx.on_ready, Box::new(|| {}));
+    on_ready();
+    sd_notify_state(&[sd_notify::NotifyState::Ready]);
+    // Checks after READY, beside the run loop: not needed to start polling, and a damaged
+    // page still stops the daemon (exit 65) within a fraction of a second.
+    let verify_dir = engine.config.state.dir.clone();
+    let mut verify =
+        tokio::task::spawn_blocking(move || Store::open_read_only(&verify_dir)?.verify());
+    engine.prune().await;
+    tracing::info!(
+        datasets = engine.config.watch.datasets.len(),
+        documents = engine.config.watch.document_count(),
+        live = engine.live_count(),
+        "watching"
+    );
+    let unusable = engine.run_loop(&mut ctx, &mut verify).await;
+    // Stops the dispatcher and the ops endpoint too when the loop stopped by itself.
+    ctx.shutdown.cancel();
+    sd_notify_state(&[sd_notify::NotifyState::Stopping]);
+    let _ = dispatcher_task.await;
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
+    drop(lock);
+    tracing::info!("stopped");
+    match unusable {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+struct Policies {
+    tracker: TrackerPolicy,
+    schedule: SchedulePolicy,
+}
+
+impl From<&Config> for Policies {
+    fn from(c: &Config) -> Self {
+        Policies {
+            tracker: TrackerPolicy::from(&c.poll),
+            schedule: SchedulePolicy::from(&c.poll),
+        }
+    }
+}
+
+/// The notifier set of a config, plus the program's own.
+fn notifiers(config: &Config, extra: &[ExtraNotifier]) -> Vec<Arc<dyn Notifier>> {
+    let mut out: Vec<Arc<dyn Notifier>> = Vec::new();
+    for n in &config.notifiers {
+        match crate::notify::build(n) {
+            Ok(built) => out.push(built),
+            Err(e) => {
+                tracing::warn!(notifier = %n.name, error = %e, "notifier not started; its events are not queued")
+            }
+        }
+    }
+    out.extend(extra.iter().map(|e| e.notifier.clone()));
+    out
+}
+
+/// Tells systemd (when `NOTIFY_SOCKET` is set; a no-op otherwise).
+fn sd_notify_state(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}

@@ -1,0 +1,116 @@
+//! [`StoreHandle`]: the store as the async daemon uses it, through three doors named for what
+//! they do:
+//!
+//! - [`StoreHandle::write`]: the writing connection, on the blocking pool (a write may wait for
+//!   the disk, which must never stall the async runtime);
+//! - [`StoreHandle::read_inline`]: a short read (a dataset's rows, the due deliveries) on a
+//!   second connection, on the calling thread: no hand-off to the blocking pool and back,
+//!   which was a quarter of the daemon's CPU when every poll and every dispatcher turn did it;
+//! - [`StoreHandle::read_long`]: a long read (`/status`, `/metrics` over 100,000 rows) on a
+//!   third connection of its own, on the blocking pool, so it holds neither the writer nor the
+//!   run loop's reader.
+//!
+//! Under WAL a reader never waits for the writer and sees every transaction committed before
+//! the read starts. Std mutexes, because none is ever held across an await.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Store, StoreError};
+
+/// How long the inline reader waits for a lock: it runs on the runtime's thread, so it gives
+/// up soon (recovery after a crash) and the caller retries, rather than stalling the runtime.
+const INLINE_BUSY: Duration = Duration::from_millis(100);
+/// How long a long read waits for a lock: it runs on the blocking pool.
+const LONG_BUSY: Duration = Duration::from_secs(5);
+
+type Shared = Arc<Mutex<Store>>;
+
+#[derive(Clone, Debug)]
+pub struct StoreHandle {
+    writer: Shared,
+    /// `None` when it could not be opened (logged): short reads then go through the writer.
+    inline: Option<Shared>,
+    /// Opened at the first long read.
+    long: Arc<Mutex<Option<Store>>>,
+    path: Arc<Path>,
+}
+
+impl StoreHandle {
+    /// Wraps the writing connection and opens the inline reader.
+    pub fn new(store: Store) -> Self {
+        let inline = match Store::open_reader(store.path(), INLINE_BUSY) {
+            Ok(r) => Some(Arc::new(Mutex::new(r))),
+            Err(e) => {
+                tracing::warn!(error = %e, "no second store connection; reads share the writer's");
+                None
+            }
+        };
+        StoreHandle {
+            path: Arc::from(store.path()),
+            writer: Arc::new(Mutex::new(store)),
+            inline,
+            long: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// A short read on the calling thread (see the module doc). Only for reads that touch a
+    /// handful of rows.
+    pub async fn read_inline<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        match &self.inline {
+            Some(reader) => {
+                let store = reader.lock().unwrap_or_else(|p| p.into_inner());
+                f(&store)
+            }
+            None => self.write(move |s| f(s)).await,
+        }
+    }
+
+    /// A long read on its own connection, on the blocking pool.
+    pub async fn read_long<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let long = self.long.clone();
+        let path = self.path.clone();
+        self.blocking(move || {
+            let mut slot = long.lock().unwrap_or_else(|p| p.into_inner());
+            let store = match slot.take() {
+                Some(s) => slot.insert(s),
+                None => slot.insert(Store::open_reader(&path, LONG_BUSY)?),
+            };
+            f(store)
+        })
+        .await
+    }
+
+    /// Anything that writes (or must use the writing connection), on the blocking pool.
+    pub async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let writer = self.writer.clone();
+        self.blocking(move || {
+            let mut store = writer.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut store)
+        })
+        .await
+    }
+
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(f).await.unwrap_or_else(|join| {
+            Err(StoreError::Dir {
+                dir: path.to_path_buf(),
+                source: std::io::Error::other(format!("store task failed: {join}")),
+            })
+        })
+    }
+}
