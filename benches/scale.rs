@@ -482,7 +482,7 @@ async fn run_per_doc(w: &Workload) -> Result {
     let (sim, scenario) = fresh_sim(w).await;
     let t = truth(&sim.truth());
     let deadline = deadline_for(&t);
-    let http = coze_watch::coze::http_client_builder()
+    let http = coze_watch::http::client_builder()
         .pool_max_idle_per_host(256)
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
@@ -531,7 +531,7 @@ async fn run_batched(w: &Workload) -> Result {
     let (sim, scenario) = fresh_sim(w).await;
     let t = truth(&sim.truth());
     let deadline = deadline_for(&t);
-    let http = coze_watch::coze::http_client_builder()
+    let http = coze_watch::http::client_builder()
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let notices = Arc::new(Mutex::new(Notices::default()));

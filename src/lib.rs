@@ -19,6 +19,7 @@ pub mod coze;
 pub mod daemon;
 pub mod demo;
 pub mod event;
+pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod notify;

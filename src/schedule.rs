@@ -71,7 +71,7 @@ pub struct ErrorReaction {
 pub fn reaction(e: &ApiError, policy: &SchedulePolicy) -> ErrorReaction {
     let (failure, pause_all, reread_token) = match e {
         ApiError::Auth(_) => (Failure::AtMaximum, Some(policy.backoff.max), true),
-        ApiError::Permission(_) => (Failure::AtMaximum, None, false),
+        ApiError::Permission(_) | ApiError::Local(_) => (Failure::AtMaximum, None, false),
         ApiError::RateLimited { retry_after, .. } => (
             Failure::RateLimited {
                 retry_after: *retry_after,
@@ -220,10 +220,7 @@ pub fn stretch(d: Duration, fraction: f64, u: f64) -> Duration {
 /// `min(max, initial * multiplier^(failures-1)) * (1 + U[0, 0.5])`: the delay after the
 /// `failures`-th failure in a row. A pure function of the count, so it survives restarts.
 pub fn backoff(policy: &BackoffConfig, failures: u32, u: f64) -> Duration {
-    let n = failures.saturating_sub(1).min(64) as i32;
-    let secs = policy.initial.as_secs_f64() * policy.multiplier.powi(n);
-    let base = Duration::from_secs_f64(secs.min(policy.max.as_secs_f64()));
-    stretch(base, BACKOFF_JITTER, u)
+    stretch(policy.delay(failures), BACKOFF_JITTER, u)
 }
 
 /// Datasets waiting for their next poll, ordered by when it is due.

@@ -99,7 +99,10 @@ pub fn verdict(api_unusable: bool, any_failed: bool, timed_out: bool, interrupte
 fn unusable(e: &ApiError) -> bool {
     matches!(
         e,
-        ApiError::Auth(_) | ApiError::Permission(_) | ApiError::DatasetNotFound(_)
+        ApiError::Auth(_)
+            | ApiError::Permission(_)
+            | ApiError::DatasetNotFound(_)
+            | ApiError::Local(_)
     )
 }
 
@@ -112,14 +115,16 @@ fn unusable_error(r: &PollReport) -> Option<&ApiError> {
 
 /// Waits as the options say until every document is terminal, the timeout passes, the API
 /// proves unusable, or `interrupt` fires.
-pub async fn run(opts: WaitOptions, interrupt: CancellationToken) -> Result<WaitReport, String> {
+pub async fn run(
+    opts: WaitOptions,
+    interrupt: CancellationToken,
+) -> Result<WaitReport, crate::http::BuildError> {
     let poll = PollConfig::default();
     let client = CozeClient::new(ClientSettings {
         base_url: opts.base_url.clone(),
         token: opts.token.clone(),
         limits: ApiLimits::default(),
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let tracker = TrackerPolicy::from(&poll);
     let policy = SchedulePolicy::from(&poll);
     let started = UnixMs::now();

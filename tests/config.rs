@@ -553,3 +553,18 @@ fn an_entry_without_valid_documents_adds_no_dataset() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn a_token_that_cannot_be_sent_as_a_header_is_a_config_error_that_never_shows_it() {
+    let f = Fixture::new().without("COZE_API_TOKEN");
+    f.file("token", "pat_SECRETPART\nsecond-line\n");
+    let yaml = format!(
+        "api:\n  token_file: {}/token\n{WATCH}",
+        f.dir.path().display()
+    );
+    let e = f.error(&yaml);
+    let text = e.to_string();
+    assert_eq!(e.path.to_string(), "api.token_file");
+    assert!(text.contains("HTTP header"), "{text}");
+    assert!(!text.contains("SECRETPART"), "{text}");
+}

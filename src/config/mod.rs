@@ -154,22 +154,51 @@ pub enum TokenSource {
     File(PathBuf),
 }
 
+/// Why the token could not be read. Names the variable or file, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("environment variable {0} is not set (set it, or use api.token_file)")]
+    EnvUnset(String),
+    #[error("environment variable {0} is empty")]
+    EnvEmpty(String),
+    #[error("token file {} is empty", .0.display())]
+    FileEmpty(PathBuf),
+    #[error("cannot read token file {}: {source}", path.display())]
+    FileUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{0} holds characters an HTTP header cannot carry (a line break or a control character inside the token?)"
+    )]
+    NotAHeader(String),
+}
+
 impl TokenSource {
-    /// Reads the token now. The error names the variable or file, never a value.
-    pub fn read(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Secret, String> {
-        match self {
+    /// Reads the token now.
+    pub fn read(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Secret, TokenError> {
+        let (token, from) = match self {
             TokenSource::Env(name) => match env(name) {
-                Some(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
-                Some(_) => Err(format!("environment variable {name} is empty")),
-                None => Err(format!(
-                    "environment variable {name} is not set (set it, or use api.token_file)"
-                )),
+                Some(v) if !v.trim().is_empty() => (v, format!("environment variable {name}")),
+                Some(_) => return Err(TokenError::EnvEmpty(name.clone())),
+                None => return Err(TokenError::EnvUnset(name.clone())),
             },
             TokenSource::File(path) => match read_small(path) {
-                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
-                Ok(_) => Err(format!("token file {} is empty", path.display())),
-                Err(e) => Err(format!("cannot read token file {}: {e}", path.display())),
+                Ok(v) if !v.trim().is_empty() => (v, format!("token file {}", path.display())),
+                Ok(_) => return Err(TokenError::FileEmpty(path.clone())),
+                Err(source) => {
+                    return Err(TokenError::FileUnreadable {
+                        path: path.clone(),
+                        source,
+                    });
+                }
             },
+        };
+        let token = Secret::new(token.trim());
+        // A token a header cannot carry would fail every request; refuse it where it is read.
+        match crate::http::bearer(&token) {
+            Some(_) => Ok(token),
+            None => Err(TokenError::NotAHeader(from)),
         }
     }
 }
@@ -223,11 +252,25 @@ impl Default for PollConfig {
     }
 }
 
+/// An exponential backoff: `min(max, initial * multiplier^(n-1))` after the n-th failure in a
+/// row. The poll backoff and the delivery retry are both one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackoffConfig {
     pub initial: Duration,
     pub max: Duration,
     pub multiplier: f64,
+}
+
+impl BackoffConfig {
+    /// The delay after the `failures`-th failure in a row (1 for the first), before jitter.
+    /// A pure function of the count, so a persisted count resumes the same schedule.
+    pub fn delay(&self, failures: u32) -> Duration {
+        let n = failures.saturating_sub(1).min(64) as i32;
+        let secs = (self.initial.as_secs_f64() * self.multiplier.powi(n))
+            .min(self.max.as_secs_f64())
+            .max(0.0);
+        Duration::from_secs_f64(secs)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,11 +396,10 @@ pub struct ExecConfig {
     pub retry: RetryPolicy,
 }
 
+/// A notifier's retries: its backoff, and when a delivery gives up (dead).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
-    pub initial: Duration,
-    pub max: Duration,
-    pub multiplier: f64,
+    pub backoff: BackoffConfig,
     pub max_attempts: u32,
     pub max_age: Duration,
 }
@@ -365,9 +407,11 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     pub fn webhook_default() -> Self {
         RetryPolicy {
-            initial: Duration::from_secs(5),
-            max: Duration::from_secs(3600),
-            multiplier: 4.0,
+            backoff: BackoffConfig {
+                initial: Duration::from_secs(5),
+                max: Duration::from_secs(3600),
+                multiplier: 4.0,
+            },
             max_attempts: 12,
             max_age: Duration::from_secs(72 * 3600),
         }
@@ -375,9 +419,11 @@ impl RetryPolicy {
 
     pub fn exec_default() -> Self {
         RetryPolicy {
-            initial: Duration::from_secs(5),
-            max: Duration::from_secs(600),
-            multiplier: 2.0,
+            backoff: BackoffConfig {
+                initial: Duration::from_secs(5),
+                max: Duration::from_secs(600),
+                multiplier: 2.0,
+            },
             max_attempts: 5,
             max_age: Duration::from_secs(24 * 3600),
         }

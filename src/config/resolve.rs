@@ -385,7 +385,8 @@ fn resolve_poll(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawPoll) 
         ctx,
         src,
         &path.key("error_backoff"),
-        raw.error_backoff.as_ref().unwrap_or(&default_backoff),
+        BackoffKeys::from(raw.error_backoff.as_ref().unwrap_or(&default_backoff)),
+        d.error_backoff.clone(),
     );
     let stall_after = ctx.positive_duration(
         src,
@@ -432,15 +433,43 @@ fn resolve_poll(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawPoll) 
     }
 }
 
+/// The backoff keys of a raw section: `poll.error_backoff`, or a notifier's `retry`.
+struct BackoffKeys<'a> {
+    initial: Option<&'a RawDuration>,
+    max: Option<&'a RawDuration>,
+    multiplier: Option<f64>,
+}
+
+impl<'a> From<&'a RawBackoff> for BackoffKeys<'a> {
+    fn from(r: &'a RawBackoff) -> Self {
+        BackoffKeys {
+            initial: r.initial.as_ref(),
+            max: r.max.as_ref(),
+            multiplier: r.multiplier,
+        }
+    }
+}
+
+impl<'a> From<&'a RawRetry> for BackoffKeys<'a> {
+    fn from(r: &'a RawRetry) -> Self {
+        BackoffKeys {
+            initial: r.initial.as_ref(),
+            max: r.max.as_ref(),
+            multiplier: r.multiplier,
+        }
+    }
+}
+
+/// `initial`, `max` and `multiplier` of a backoff, each defaulting to `d`'s.
 fn resolve_backoff(
     ctx: &mut Ctx<'_>,
     src: &Source,
     path: &KeyPath,
-    raw: &RawBackoff,
+    raw: BackoffKeys<'_>,
+    d: BackoffConfig,
 ) -> BackoffConfig {
-    let d = PollConfig::default().error_backoff;
-    let initial = ctx.positive_duration(src, &path.key("initial"), raw.initial.as_ref(), d.initial);
-    let max = ctx.positive_duration(src, &path.key("max"), raw.max.as_ref(), d.max);
+    let initial = ctx.positive_duration(src, &path.key("initial"), raw.initial, d.initial);
+    let max = ctx.positive_duration(src, &path.key("max"), raw.max, d.max);
     if initial > max {
         ctx.error(src, &path.key("initial"), "initial is greater than max");
     }
@@ -954,23 +983,7 @@ fn resolve_retry(
     default: RetryPolicy,
 ) -> RetryPolicy {
     let Some(raw) = raw else { return default };
-    let initial = ctx.positive_duration(
-        src,
-        &path.key("initial"),
-        raw.initial.as_ref(),
-        default.initial,
-    );
-    let max = ctx.positive_duration(src, &path.key("max"), raw.max.as_ref(), default.max);
-    if initial > max {
-        ctx.error(src, &path.key("initial"), "initial is greater than max");
-    }
-    let multiplier = multiplier(
-        ctx,
-        src,
-        &path.key("multiplier"),
-        raw.multiplier,
-        default.multiplier,
-    );
+    let backoff = resolve_backoff(ctx, src, path, BackoffKeys::from(raw), default.backoff);
     let max_attempts = ctx.count(
         src,
         &path.key("max_attempts"),
@@ -985,9 +998,7 @@ fn resolve_retry(
         default.max_age,
     );
     RetryPolicy {
-        initial,
-        max,
-        multiplier,
+        backoff,
         max_attempts,
         max_age,
     }

@@ -13,10 +13,11 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use url::Url;
 
-use super::error::{Answer, ApiError, Exchange, TransientKind, classify};
+use super::error::{Answer, ApiError, Exchange, LocalError, TransientKind, classify};
 use super::limiter::RateLimiter;
 use super::wire::ProcessRequest;
 use crate::config::{ApiConfig, ApiLimits};
+use crate::http::{self, BuildError, ReadError, TransportKind};
 use crate::ids::{DatasetId, DocumentId};
 use crate::secret::Secret;
 
@@ -40,10 +41,6 @@ impl From<&ApiConfig> for ClientSettings {
         }
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client: {0}")]
-pub struct BuildError(String);
 
 /// One batch of a `process` call and how it went.
 #[derive(Debug)]
@@ -70,24 +67,13 @@ impl std::fmt::Debug for CozeClient {
     }
 }
 
-/// A reqwest client builder with what every outgoing request of coze-watch shares: rustls with
-/// the ring provider, no redirects, no proxy from the environment, our user agent.
-pub fn http_client_builder() -> reqwest::ClientBuilder {
-    // Installing twice is harmless: the second call reports the first provider and is ignored.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .user_agent(concat!("coze-watch/", env!("CARGO_PKG_VERSION")))
-}
-
 impl CozeClient {
     pub fn new(settings: ClientSettings) -> Result<Arc<Self>, BuildError> {
-        let http = http_client_builder()
+        let http = http::client_builder()
             .timeout(settings.limits.request_timeout)
             .connect_timeout(settings.limits.request_timeout.min(Duration::from_secs(10)))
             .build()
-            .map_err(|e| BuildError(e.without_url().to_string()))?;
+            .map_err(BuildError::from)?;
         Ok(Arc::new(CozeClient {
             http,
             base_url: settings.base_url,
@@ -149,10 +135,7 @@ impl CozeClient {
             .permits
             .acquire()
             .await
-            .map_err(|_| ApiError::Transient {
-                kind: TransientKind::Connect,
-                detail: "client is shutting down".into(),
-            })?;
+            .map_err(|_| ApiError::Local(LocalError::ShuttingDown))?;
         self.wait_for_rate().await;
         let result = self.send(dataset, ids).await;
         if let Err(ApiError::RateLimited {
@@ -178,10 +161,7 @@ impl CozeClient {
     fn endpoint(&self, dataset: &DatasetId) -> Result<Url, ApiError> {
         let mut url = self.base_url.clone();
         url.path_segments_mut()
-            .map_err(|_| ApiError::Transient {
-                kind: TransientKind::Connect,
-                detail: "base_url cannot have a path".into(),
-            })?
+            .map_err(|_| ApiError::Local(LocalError::BaseUrlCannotHavePath))?
             .pop_if_empty()
             .extend(["v1", "datasets", dataset.as_str(), "process"]);
         Ok(url)
@@ -194,14 +174,7 @@ impl CozeClient {
                 Ok(t) => t.clone(),
                 Err(p) => p.into_inner().clone(),
             };
-            let mut value =
-                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                    .map_err(|_| ApiError::Transient {
-                        kind: TransientKind::Connect,
-                        detail: "the API token contains characters not allowed in a header".into(),
-                    })?;
-            value.set_sensitive(true);
-            value
+            http::bearer(&token).ok_or(ApiError::Local(LocalError::TokenNotAHeader))?
         };
         let response = self
             .http
@@ -213,16 +186,16 @@ impl CozeClient {
             .await
             .map_err(|e| transport_error(dataset, &e))?;
         let status = response.status().as_u16();
-        let retry_after = header_text(&response, RETRY_AFTER.as_str());
-        let header_logid = header_text(&response, "x-tt-logid");
-        let body = read_capped(response, MAX_BODY_BYTES)
+        let retry_after = http::header_text(&response, RETRY_AFTER.as_str());
+        let header_logid = http::header_text(&response, "x-tt-logid");
+        let body = http::read_capped(response, MAX_BODY_BYTES)
             .await
             .map_err(|e| match e {
                 ReadError::TooLarge => ApiError::Transient {
                     kind: TransientKind::InvalidBody,
                     detail: format!("dataset {dataset}: answer larger than {MAX_BODY_BYTES} bytes"),
                 },
-                ReadError::Http(e) => transport_error(dataset, &e),
+                ReadError::Transport(e) => transport_error(dataset, &e),
             })?;
         classify(&Exchange {
             dataset,
@@ -235,65 +208,14 @@ impl CozeClient {
     }
 }
 
-fn header_text(response: &reqwest::Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
-enum ReadError {
-    TooLarge,
-    Http(reqwest::Error),
-}
-
-async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, ReadError> {
-    if response.content_length().is_some_and(|n| n > cap as u64) {
-        return Err(ReadError::TooLarge);
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(ReadError::Http)? {
-        if body.len() + chunk.len() > cap {
-            return Err(ReadError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 fn transport_error(dataset: &DatasetId, e: &reqwest::Error) -> ApiError {
-    let kind = if e.is_timeout() {
-        TransientKind::Timeout
-    } else if e.is_connect() {
-        TransientKind::Connect
-    } else {
-        TransientKind::Body
+    let kind = match TransportKind::of(e) {
+        TransportKind::Timeout => TransientKind::Timeout,
+        TransportKind::Connect => TransientKind::Connect,
+        TransportKind::Other => TransientKind::Body,
     };
     ApiError::Transient {
         kind,
-        detail: format!("dataset {dataset}: {}", error_chain(e)),
-    }
-}
-
-/// The error and its sources on one line, without the URL.
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut text = String::new();
-    let mut current: Option<&dyn std::error::Error> = Some(e);
-    while let Some(err) = current {
-        let part = err.to_string();
-        if !text.contains(&part) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&part);
-        }
-        current = err.source();
-    }
-    // reqwest puts the URL in its message; it holds only the base URL and dataset id, but keep
-    // messages uniform with the rest of the program: scheme and host only.
-    match e.url() {
-        Some(u) => text.replace(u.as_str(), &crate::redact::url(u.as_str())),
-        None => text,
+        detail: format!("dataset {dataset}: {}", http::error_chain(e)),
     }
 }

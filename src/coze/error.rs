@@ -12,9 +12,6 @@ use thiserror::Error;
 use super::wire::{DocumentProgress, Envelope};
 use crate::ids::DatasetId;
 
-/// The longest `Retry-After` we honour; a larger value is capped, not trusted.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
-
 /// What the server said, for messages: HTTP status, body code and msg, log id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
@@ -98,6 +95,20 @@ pub enum ApiError {
     },
     #[error("transient error: {} ({detail})", kind.as_str())]
     Transient { kind: TransientKind, detail: String },
+    /// A condition of this process, not of the API: asking again cannot fix it.
+    #[error("{0}")]
+    Local(LocalError),
+}
+
+/// What this process cannot do, whatever the API says.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum LocalError {
+    #[error("the client is shutting down")]
+    ShuttingDown,
+    #[error("api.base_url cannot take a path (it is not a plain http(s) URL)")]
+    BaseUrlCannotHavePath,
+    #[error("the API token contains characters not allowed in an HTTP header")]
+    TokenNotAHeader,
 }
 
 fn retry_after_text(d: Option<Duration>) -> String {
@@ -117,6 +128,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::BadRequest { .. } => "bad_request",
             ApiError::Transient { .. } => "transient",
+            ApiError::Local(_) => "local",
         }
     }
 
@@ -129,7 +141,7 @@ impl ApiError {
             ApiError::RateLimited { reply, .. } | ApiError::BadRequest { reply, .. } => {
                 reply.logid.as_deref()
             }
-            ApiError::Transient { .. } => None,
+            ApiError::Transient { .. } | ApiError::Local(_) => None,
         }
     }
 }
@@ -260,7 +272,7 @@ fn build(class: Option<Class>, reply: Reply, x: &Exchange<'_>) -> ApiError {
         Some(Class::NotFound) => ApiError::DatasetNotFound(reply),
         Some(Class::RateLimited) => ApiError::RateLimited {
             reply,
-            retry_after: x.retry_after.and_then(parse_retry_after),
+            retry_after: x.retry_after.and_then(crate::http::parse_retry_after),
         },
         Some(Class::BadRequest) => ApiError::BadRequest {
             reply,
@@ -276,13 +288,6 @@ fn build(class: Option<Class>, reply: Reply, x: &Exchange<'_>) -> ApiError {
             detail: reply.to_string(),
         },
     }
-}
-
-/// `Retry-After` in seconds (the HTTP-date form is not used by Coze and is ignored), capped at
-/// [`MAX_RETRY_AFTER`].
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let secs: u64 = value.trim().parse().ok()?;
-    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 fn invalid_body_text(err: &serde_json::Error, len: usize) -> String {
@@ -381,8 +386,6 @@ mod tests {
             }
             e => panic!("{e:?}"),
         }
-        assert_eq!(parse_retry_after("99999"), Some(MAX_RETRY_AFTER));
-        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]

@@ -9,6 +9,6 @@ pub mod error;
 pub mod limiter;
 pub mod wire;
 
-pub use client::{BatchOutcome, ClientSettings, CozeClient, http_client_builder};
-pub use error::{Answer, ApiError, TransientKind};
+pub use client::{BatchOutcome, ClientSettings, CozeClient};
+pub use error::{Answer, ApiError, LocalError, TransientKind};
 pub use wire::{DocumentProgress, DocumentStatus};

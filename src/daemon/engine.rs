@@ -360,7 +360,10 @@ impl Engine {
         match &report.failure {
             Some(e) => {
                 m.api_error(e.kind());
-                let auth = matches!(e, ApiError::Auth(_) | ApiError::Permission(_));
+                let auth = matches!(
+                    e,
+                    ApiError::Auth(_) | ApiError::Permission(_) | ApiError::Local(_)
+                );
                 m.health.poll_failed(ds, e.to_string(), auth);
             }
             None => m.health.poll_ok(ds),

@@ -53,7 +53,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Client(#[from] crate::coze::client::BuildError),
+    Client(#[from] crate::http::BuildError),
 }
 
 impl DaemonError {
@@ -158,9 +158,13 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
     // Stops the dispatcher and the ops endpoint too when the loop stopped by itself.
     ctx.shutdown.cancel();
     sd_notify_state(&[sd_notify::NotifyState::Stopping]);
-    let _ = dispatcher_task.await;
-    if let Some(ops) = ops {
-        let _ = ops.await;
+    if let Err(e) = dispatcher_task.await {
+        tracing::error!(error = %e, "the dispatcher task failed; pending deliveries stay in the outbox");
+    }
+    if let Some(ops) = ops
+        && let Err(e) = ops.await
+    {
+        tracing::error!(error = %e, "the ops endpoint task failed");
     }
     drop(lock);
     tracing::info!("stopped");

@@ -14,6 +14,11 @@ use crate::event::{EventId, EventType};
 use crate::tracker::{DocState, EventDraft};
 use crate::wall::UnixMs;
 
+/// A stored body that does not decode: its delivery is dead, whatever the notifier.
+#[derive(Debug, thiserror::Error)]
+#[error("stored event body is unreadable: {0}")]
+pub struct UnreadableBody(serde_json::Error);
+
 /// The event body: the webhook body and the exec stdin (SPEC section 5). Every key is always
 /// present; `null` where there is no value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -124,8 +129,8 @@ impl EventBody {
     }
 
     /// Reads a stored body. The error says what is wrong, for the dead delivery's reason.
-    pub fn decode(stored: &str) -> Result<Self, String> {
-        serde_json::from_str(stored).map_err(|e| format!("stored event body is unreadable: {e}"))
+    pub fn decode(stored: &str) -> Result<Self, UnreadableBody> {
+        serde_json::from_str(stored).map_err(UnreadableBody)
     }
 
     pub fn to_json(&self) -> String {

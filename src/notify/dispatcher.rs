@@ -417,9 +417,12 @@ fn spawn(
                 readable.push(d);
             }
             // The one rule for a body that cannot be read: dead, whatever the notifier.
-            Err(error) => start(tasks, running, entry, vec![d], async move {
-                Outcome::Permanent { error }
-            }),
+            Err(unreadable) => {
+                let error = unreadable.to_string();
+                start(tasks, running, entry, vec![d], async move {
+                    Outcome::Permanent { error }
+                })
+            }
         }
     }
     if jobs.is_empty() {

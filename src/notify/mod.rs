@@ -29,7 +29,7 @@ use std::sync::Arc;
 use crate::config::{NotifierConfig, NotifierKind};
 
 /// Builds the notifier a config entry describes.
-pub fn build(config: &NotifierConfig) -> Result<Arc<dyn Notifier>, String> {
+pub fn build(config: &NotifierConfig) -> Result<Arc<dyn Notifier>, crate::http::BuildError> {
     let name = config.name.clone();
     match &config.kind {
         NotifierKind::Log => Ok(Arc::new(log::LogNotifier::new(name))),
@@ -59,7 +59,7 @@ impl Job {
         event_type: EventType,
         body: String,
         attempt: u32,
-    ) -> Result<Job, String> {
+    ) -> Result<Job, body::UnreadableBody> {
         let event = EventBody::decode(&body)?;
         Ok(Job {
             event_id,
@@ -127,10 +127,7 @@ pub trait Notifier: Send + Sync {
 /// The delay before attempt `attempts + 1`, after `attempts` failed ones:
 /// `min(max, initial * multiplier^(attempts-1))`, or `Retry-After` when that is longer.
 pub fn retry_delay(policy: &RetryPolicy, attempts: u32, retry_after: Option<Duration>) -> Duration {
-    let n = attempts.saturating_sub(1).min(64) as i32;
-    let secs =
-        (policy.initial.as_secs_f64() * policy.multiplier.powi(n)).min(policy.max.as_secs_f64());
-    let d = Duration::from_secs_f64(secs.max(0.0));
+    let d = policy.backoff.delay(attempts);
     retry_after.map_or(d, |r| r.max(d))
 }
 

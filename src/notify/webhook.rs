@@ -17,7 +17,7 @@ use super::EventBody;
 use super::signature::SigningKey;
 use super::{BoxFuture, Job, Notifier, Outcome, chat};
 use crate::config::{RetryPolicy, WebhookConfig};
-use crate::coze::http_client_builder;
+use crate::http;
 use crate::secret::Secret;
 use crate::window::Throttle;
 
@@ -34,11 +34,11 @@ pub struct WebhookNotifier {
 }
 
 impl WebhookNotifier {
-    pub fn new(name: impl Into<String>, config: WebhookConfig) -> Result<Self, String> {
-        let http = http_client_builder()
+    pub fn new(name: impl Into<String>, config: WebhookConfig) -> Result<Self, http::BuildError> {
+        let http = http::client_builder()
             .timeout(config.timeout)
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {}", e.without_url()))?;
+            .map_err(http::BuildError::from)?;
         let (key, throttle) = if config.format.is_chat() {
             let per_minute = config
                 .max_per_minute
@@ -153,7 +153,7 @@ impl WebhookNotifier {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(crate::coze::error::parse_retry_after);
+            .and_then(http::parse_retry_after);
         let snippet = body_snippet(response).await;
         classify(
             status,
@@ -229,14 +229,7 @@ fn header(name: &str, value: &Secret) -> Option<(HeaderName, HeaderValue)> {
 
 /// The start of an answer's body, for the error message: printable characters only.
 async fn body_snippet(response: reqwest::Response) -> String {
-    let mut response = response;
-    let mut bytes = Vec::new();
-    while bytes.len() < ERROR_BODY_BYTES {
-        match response.chunk().await {
-            Ok(Some(c)) => bytes.extend_from_slice(&c),
-            _ => break,
-        }
-    }
+    let bytes = http::read_prefix(response, ERROR_BODY_BYTES).await;
     let text: String = String::from_utf8_lossy(&bytes)
         .chars()
         .filter(|c| !c.is_control())
@@ -250,31 +243,17 @@ async fn body_snippet(response: reqwest::Response) -> String {
 }
 
 /// An answer's body as text, at most 64 KiB.
-async fn read_text(mut response: reqwest::Response) -> String {
-    let mut bytes = Vec::new();
-    while bytes.len() < 64 * 1024 {
-        match response.chunk().await {
-            Ok(Some(c)) => bytes.extend_from_slice(&c),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
+async fn read_text(response: reqwest::Response) -> String {
+    String::from_utf8_lossy(&http::read_prefix(response, 64 * 1024).await).into_owned()
 }
 
 fn transport_error(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
+    let kind = match http::TransportKind::of(e) {
+        http::TransportKind::Timeout => "timed out",
+        http::TransportKind::Connect => "connection failed",
+        http::TransportKind::Other => "request failed",
     };
-    let mut detail = String::new();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        detail = s.to_string();
-        source = s.source();
-    }
+    let detail = http::root_cause(e);
     if detail.is_empty() {
         kind.to_string()
     } else {

@@ -131,19 +131,25 @@ impl From<&DocState> for Row {
     }
 }
 
-impl TryFrom<Row> for DocState {
-    /// What is wrong with the row.
-    type Error = String;
+/// Why a stored row cannot become a [`DocState`].
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error("cannot decode the row: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("row version {0} is newer than this coze-watch reads ({ROW_VERSION})")]
+    TooNew(u32),
+    #[error("unknown state {0:?}")]
+    UnknownState(String),
+}
 
-    fn try_from(r: Row) -> Result<Self, String> {
+impl TryFrom<Row> for DocState {
+    type Error = RowError;
+
+    fn try_from(r: Row) -> Result<Self, RowError> {
         if r.v > ROW_VERSION {
-            return Err(format!(
-                "row version {} is newer than this coze-watch reads ({ROW_VERSION})",
-                r.v
-            ));
+            return Err(RowError::TooNew(r.v));
         }
-        let state =
-            Lifecycle::parse(&r.state).ok_or_else(|| format!("unknown state {:?}", r.state))?;
+        let state = Lifecycle::parse(&r.state).ok_or(RowError::UnknownState(r.state.clone()))?;
         let i = r.info;
         Ok(DocState {
             dataset_id: DatasetId::new(r.dataset_id),
@@ -378,7 +384,7 @@ impl Store {
     /// Decodes one stored row; a row that cannot be read is `Corrupt`, naming the document.
     fn decode(&self, dataset: &str, document: &str, data: &str) -> Result<DocState, StoreError> {
         serde_json::from_str::<Row>(data)
-            .map_err(|e| e.to_string())
+            .map_err(RowError::from)
             .and_then(DocState::try_from)
             .map_err(|detail| StoreError::Corrupt {
                 path: self.path().to_path_buf(),

@@ -354,10 +354,10 @@ fn a_row_lacking_optional_fields_decodes_with_defaults() {
 fn a_row_from_a_newer_build_or_with_an_unknown_state_is_named() {
     let newer = r#"{"v":99,"dataset_id":"1","document_id":"2","state":"watching","watched_since":5,"last_change":6}"#;
     let err = DocState::try_from(serde_json::from_str::<Row>(newer).unwrap()).unwrap_err();
-    assert!(err.contains("row version 99"), "{err}");
+    assert!(err.to_string().contains("row version 99"), "{err}");
     let odd = r#"{"dataset_id":"1","document_id":"2","state":"sleeping","watched_since":5,"last_change":6}"#;
     let err = DocState::try_from(serde_json::from_str::<Row>(odd).unwrap()).unwrap_err();
-    assert!(err.contains("sleeping"), "{err}");
+    assert!(err.to_string().contains("sleeping"), "{err}");
 }
 
 #[test]

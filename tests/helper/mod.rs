@@ -61,7 +61,7 @@ pub async fn start_sim(s: Scenario) -> sim::SimHandle {
 
 /// A plain HTTP client for talking to test servers (with the project's TLS set-up).
 pub fn http() -> reqwest::Client {
-    coze_watch::coze::http_client_builder().build().unwrap()
+    coze_watch::http::client_builder().build().unwrap()
 }
 
 pub async fn get_json(url: String) -> serde_json::Value {
