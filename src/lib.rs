@@ -14,13 +14,17 @@
 //! Data flows one way: config -> schedule -> client -> tracker -> store -> notifiers.
 //! See `ARCHITECTURE.md` for the map.
 
+pub mod check;
 pub mod config;
 pub mod coze;
 pub mod daemon;
+pub mod deliveries;
 pub mod demo;
 pub mod event;
+pub mod exit;
 pub mod http;
 pub mod ids;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod ops;
@@ -28,6 +32,7 @@ pub mod poller;
 pub mod redact;
 pub mod schedule;
 pub mod secret;
+pub mod signals;
 pub mod sim;
 pub mod status;
 pub mod store;

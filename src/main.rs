@@ -1,28 +1,20 @@
-//! The `coze-watch` binary: command-line definitions and wiring. The logic lives in the library.
+//! The `coze-watch` binary: command-line definitions and wiring. The logic lives in the
+//! library; every command returns an exit code from `coze_watch::exit`.
 
-use std::io::IsTerminal;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
-
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use futures_util::StreamExt;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
-use signal_hook_tokio::Signals;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use coze_watch::config::{self, Config, ConfigError, LogFormat, Mode, NotifierKind};
+use coze_watch::config::{self, Config, ConfigError, LogFormat, Mode};
 use coze_watch::daemon::RunContext;
-use coze_watch::sim;
-
-/// Exit code for an invalid configuration (sysexits EX_CONFIG).
-const EXIT_CONFIG: u8 = 78;
+use coze_watch::signals::EarlySignals;
+use coze_watch::store::StoreError;
+use coze_watch::{exit, logging, sim, status};
 
 #[derive(Parser)]
 #[command(
@@ -54,12 +46,12 @@ enum Command {
     #[command(
         after_help = "Examples:\n  COZE_API_TOKEN=pat_... coze-watch wait 7442585813587000000 7442585813587000001 7442585813668000002 --timeout 30m\n  coze-watch wait $DATASET $DOC --json --quiet > result.json"
     )]
-    Wait(WaitArgs),
+    Wait(coze_watch::wait::WaitArgs),
     /// Run the built-in Coze API simulator on loopback.
     #[command(
         after_help = "Examples:\n  coze-watch simulate --datasets 2 --documents-per-dataset 3 --duration 5s..30s\n  coze-watch simulate --scenario scenario.yaml --listen 127.0.0.1:8787"
     )]
-    Simulate(Box<SimulateArgs>),
+    Simulate(Box<sim::cli::SimulateArgs>),
     /// Show what the store knows: every document with state, progress, last change and next
     /// poll; pending and dead deliveries. Read-only: creates and changes no file.
     #[command(
@@ -101,31 +93,6 @@ struct ConfigArg {
 }
 
 #[derive(Args)]
-struct WaitArgs {
-    /// The dataset (knowledge base) id.
-    dataset_id: String,
-    /// The document ids to wait for.
-    #[arg(required = true)]
-    document_ids: Vec<String>,
-    /// Give up after this long (exit 3), e.g. 30m.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    timeout: Option<Duration>,
-    /// Print the final states as JSON on stdout.
-    #[arg(long)]
-    json: bool,
-    /// No progress output.
-    #[arg(long)]
-    quiet: bool,
-    /// API base URL [default: $COZE_API_BASE, else https://api.coze.cn].
-    #[arg(long, value_name = "URL")]
-    base_url: Option<String>,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 30m, 1h 30m)"))
-}
-
-#[derive(Args)]
 struct DeliveriesArgs {
     #[command(flatten)]
     config: ConfigArg,
@@ -150,89 +117,40 @@ struct CheckArgs {
     lint: bool,
 }
 
-#[derive(Args)]
-struct SimulateArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8787", value_name = "ADDR")]
-    listen: SocketAddr,
-    /// A YAML scenario file (datasets, documents, durations, outcomes, faults).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["datasets", "documents_per_dataset", "fail_rate", "duration", "upload_spread", "seed"])]
-    scenario: Option<PathBuf>,
-    /// The bearer token to accept [default: the scenario's, else sim-token].
-    #[arg(long, value_name = "T")]
-    token: Option<String>,
-    /// Generator: number of datasets.
-    #[arg(long, value_name = "N")]
-    datasets: Option<usize>,
-    /// Generator: documents per dataset.
-    #[arg(long, value_name = "M")]
-    documents_per_dataset: Option<usize>,
-    /// Generator: share of documents that fail, 0..1.
-    #[arg(long, value_name = "R")]
-    fail_rate: Option<f64>,
-    /// Generator: processing time range, e.g. 20s..5m.
-    #[arg(long, value_name = "MIN..MAX")]
-    duration: Option<String>,
-    /// Generator: uploads start uniformly within this time.
-    #[arg(long, value_name = "DUR")]
-    upload_spread: Option<String>,
-    /// Generator: random seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// How honest remaining_time is: honest, x2, half, zero.
-    #[arg(long)]
-    hints: Option<sim::Hints>,
-    /// Fault: share of requests answered HTTP 500 / code 5000.
-    #[arg(long, value_name = "R")]
-    error_rate: Option<f64>,
-    /// Fault: share of requests answered 429 / code 4013 with Retry-After.
-    #[arg(long, value_name = "R")]
-    rate_limit_rate: Option<f64>,
-    /// Fault: the Retry-After of injected 429s, in seconds.
-    #[arg(long, value_name = "SECS")]
-    retry_after: Option<u64>,
-    /// Fault: share of requests answered with an HTML body.
-    #[arg(long, value_name = "R")]
-    malformed_rate: Option<f64>,
-    /// Fault: share of requests answered HTTP 200 with code 5000.
-    #[arg(long, value_name = "R")]
-    code_error_rate: Option<f64>,
-    /// Fault: latency added to every answer, e.g. 300ms.
-    #[arg(long, value_name = "DUR")]
-    latency: Option<String>,
-    /// Enforce a Coze-like quota of this many requests per second (excess gets 429).
-    #[arg(long, value_name = "RPS")]
-    quota: Option<f64>,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => check(&args),
-        Command::Simulate(args) => run_async(simulate(*args)),
+        Command::Simulate(args) => run_async(async {
+            logging::init("info", LogFormat::Text);
+            Ok(sim::cli::run(*args).await?)
+        }),
         Command::Run(args) => {
             // Before anything else: a SIGHUP or SIGTERM during start-up must not kill us.
             match EarlySignals::install() {
                 Ok(early) => run_daemon_async(run_daemon(args, early)),
                 Err(e) => {
                     eprintln!("error: cannot install signal handlers: {e}");
-                    ExitCode::FAILURE
+                    ExitCode::from(exit::FAILURE)
                 }
             }
         }
         Command::NotifyTest { name, config } => run_async(notify_test(name, config)),
         Command::Status { config, json } => status(&config, json),
-        Command::Wait(args) => run_async(wait(args)),
+        Command::Wait(args) => run_async(async {
+            let code = coze_watch::wait::command(args).await?;
+            Ok(ExitCode::from(code))
+        }),
         Command::Deliveries(args) => deliveries(&args),
         Command::Demo => run_async(async {
-            init_logging_with("coze_watch::event=info,warn", LogFormat::Text);
+            logging::init("coze_watch::event=info,warn", LogFormat::Text);
             coze_watch::demo::run().await?;
             Ok(ExitCode::SUCCESS)
         }),
     }
 }
 
-fn run_async(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+fn run_async(fut: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     run_on(
         tokio::runtime::Builder::new_multi_thread().worker_threads(2),
         fut,
@@ -242,124 +160,58 @@ fn run_async(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -
 /// The daemon's runtime: one thread. Its work is waiting on sockets and timers; a second
 /// worker would only add cross-thread wake-ups (store writes still go to the blocking pool;
 /// the hot reads run inline on their own connection).
-fn run_daemon_async(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+fn run_daemon_async(fut: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     run_on(&mut tokio::runtime::Builder::new_current_thread(), fut)
 }
 
 fn run_on(
     builder: &mut tokio::runtime::Builder,
-    fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+    fut: impl Future<Output = anyhow::Result<ExitCode>>,
 ) -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::FAILURE);
         }
     };
     match runtime.block_on(fut) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::FAILURE)
         }
     }
 }
 
-fn init_logging() {
-    init_logging_with("info", LogFormat::Text);
-}
-
-/// Logs to stderr; the level comes from `RUST_LOG`, else `default`.
-fn init_logging_with(default: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Under systemd the journal adds its own timestamps and shows no colours.
-    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(!journal && std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text if journal => builder.without_time().try_init(),
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-}
-
-/// Signal flags set from the first instruction of `run`, before the runtime exists. The
-/// async handlers installed later take over; these only remember what came before them.
-struct EarlySignals {
-    term: Arc<AtomicBool>,
-    hup: Arc<AtomicBool>,
-    usr1: Arc<AtomicBool>,
-}
-
-impl EarlySignals {
-    fn install() -> std::io::Result<Self> {
-        let term = Arc::new(AtomicBool::new(false));
-        let hup = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(SIGTERM, term.clone())?;
-        signal_hook::flag::register(SIGINT, term.clone())?;
-        signal_hook::flag::register(SIGHUP, hup.clone())?;
-        let usr1 = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(SIGUSR1, usr1.clone())?;
-        Ok(EarlySignals { term, hup, usr1 })
-    }
+/// Loads the config as `run` would; on errors prints them and returns exit 78.
+fn load_strict(args: &ConfigArg, then: &str) -> Result<config::Loaded, ExitCode> {
+    let path = config::config_path(args.config.as_deref(), &config::process_env);
+    config::load(&path, &config::process_env, Mode::Strict).map_err(|diags| {
+        print_problems("error", &diags.errors);
+        if !then.is_empty() {
+            eprintln!("{}: {then}", path.display());
+        }
+        ExitCode::from(exit::CONFIG)
+    })
 }
 
 async fn run_daemon(args: ConfigArg, early: EarlySignals) -> anyhow::Result<ExitCode> {
-    let path = config::config_path(args.config.as_deref(), &config::process_env);
-    let loaded = match config::load(&path, &config::process_env, Mode::Strict) {
+    let loaded = match load_strict(&args, "the config is not valid; not starting") {
         Ok(l) => l,
-        Err(diags) => {
-            print_problems("error", &diags.errors);
-            eprintln!("{}: the config is not valid; not starting", path.display());
-            return Ok(ExitCode::from(EXIT_CONFIG));
-        }
+        Err(code) => return Ok(code),
     };
-    init_logging_with("info", loaded.config.log.format);
+    logging::init("info", loaded.config.log.format);
     for w in &loaded.warnings {
         tracing::warn!(warning = %w, "config");
     }
     // Files we create (store, WAL, lock) are private to the service user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let shutdown = CancellationToken::new();
-    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
-    let (nudge_tx, nudge_rx) = mpsc::unbounded_channel();
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).context("installing signal handlers")?;
-    if early.usr1.swap(false, Ordering::SeqCst) {
-        let _ = nudge_tx.send(());
-    }
-    if early.term.load(Ordering::SeqCst) {
-        shutdown.cancel();
-    }
-    if early.hup.swap(false, Ordering::SeqCst) {
-        let _ = reload_tx.send(());
-    }
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        while let Some(sig) = signals.next().await {
-            match sig {
-                SIGHUP => {
-                    tracing::info!("SIGHUP: reloading the config");
-                    let _ = reload_tx.send(());
-                }
-                SIGUSR1 => {
-                    let _ = nudge_tx.send(());
-                }
-                _ => {
-                    tracing::info!(signal = sig, "stopping");
-                    stop.cancel();
-                }
-            }
-        }
-    });
+    let signals = coze_watch::signals::forward(early).context("installing signal handlers")?;
     let ctx = RunContext {
-        shutdown,
-        reload: reload_rx,
-        nudge: nudge_rx,
+        shutdown: signals.shutdown,
+        reload: signals.reload,
+        nudge: signals.nudge,
         extra_notifiers: Vec::new(),
         wakeups: Arc::new(AtomicU64::new(0)),
         on_ready: Box::new(|| tracing::info!("ready")),
@@ -380,88 +232,22 @@ fn check(args: &CheckArgs) -> ExitCode {
     match config::load(&path, &config::process_env, mode) {
         Ok(loaded) => {
             print_problems("warning", &loaded.warnings);
-            print_summary(&loaded.config);
+            let (summary, warning) = coze_watch::check::render_summary(&loaded.config);
+            print!("{summary}");
+            if let Some(w) = warning {
+                eprintln!("warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(diags) => {
             print_problems("warning", &diags.warnings);
             print_problems("error", &diags.errors);
-            eprintln!(
-                "{}: {} error(s); the config is not valid",
-                path.display(),
-                diags.errors.len()
-            );
-            ExitCode::from(EXIT_CONFIG)
+            let n = diags.errors.len();
+            eprintln!("{}: {n} error(s); the config is not valid", path.display());
+            ExitCode::from(exit::CONFIG)
         }
     }
 }
-
-async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
-    use coze_watch::wait::{self, Display, WaitOptions};
-    let usage = |msg: String| {
-        eprintln!("error: {msg}");
-        Ok(ExitCode::from(wait::exit::USAGE))
-    };
-    let Some(token) = config::process_env("COZE_API_TOKEN").filter(|t| !t.trim().is_empty()) else {
-        return usage("COZE_API_TOKEN is not set: export the API token (it needs the readDocumentProgress permission)".into());
-    };
-    let base = config::base_url_choice(args.base_url.as_deref(), None, &config::process_env);
-    let base_url = match url::Url::parse(&base) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-        _ => {
-            return usage(format!(
-                "base URL {}: not an absolute http(s) URL",
-                coze_watch::redact::url(&base)
-            ));
-        }
-    };
-    for id in std::iter::once(&args.dataset_id).chain(&args.document_ids) {
-        if id.trim().is_empty() || id.trim() != id {
-            return usage(format!("{id:?} is not an id"));
-        }
-    }
-    let display = if args.quiet {
-        Display::Quiet
-    } else if std::io::stderr().is_terminal() {
-        Display::Bars
-    } else {
-        Display::Lines
-    };
-    let interrupt = CancellationToken::new();
-    let stop = interrupt.clone();
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
-    tokio::spawn(async move {
-        if signals.next().await.is_some() {
-            stop.cancel();
-        }
-    });
-    let opts = WaitOptions {
-        dataset: coze_watch::ids::DatasetId::new(&args.dataset_id),
-        documents: args
-            .document_ids
-            .iter()
-            .map(coze_watch::ids::DocumentId::new)
-            .collect(),
-        timeout: args.timeout,
-        base_url,
-        token: coze_watch::secret::Secret::new(token.trim()),
-        display,
-    };
-    let report = match wait::run(opts, interrupt).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    Ok(ExitCode::from(report.exit_code))
-}
-
-/// Exit code for an unusable store (sysexits EX_DATAERR).
-const EXIT_STORE: u8 = 65;
 
 /// Loads the config for the read-side commands: problems with the environment (an unset token
 /// in an operator's shell) do not stop them.
@@ -471,13 +257,13 @@ fn load_for_inspection(args: &ConfigArg) -> Result<Config, ExitCode> {
         .map(|l| l.config)
         .map_err(|diags| {
             print_problems("error", &diags.errors);
-            ExitCode::from(EXIT_CONFIG)
+            ExitCode::from(exit::CONFIG)
         })
 }
 
-fn store_error(e: &coze_watch::store::StoreError) -> ExitCode {
+fn store_error(e: &StoreError) -> ExitCode {
     eprintln!("error: {e}");
-    ExitCode::from(EXIT_STORE)
+    ExitCode::from(exit::STORE)
 }
 
 fn status(args: &ConfigArg, json: bool) -> ExitCode {
@@ -485,22 +271,9 @@ fn status(args: &ConfigArg, json: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let report = coze_watch::store::Store::open_read_only(&config.state.dir).and_then(|s| {
-        coze_watch::status::snapshot(&s, Some(&config.watch), coze_watch::wall::UnixMs::now())
-    });
-    match report {
-        Ok(r) if json => match serde_json::to_string_pretty(&r) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Ok(r) => {
-            print!("{}", coze_watch::status::render_text(&r));
+    match status::show(&config, json) {
+        Ok(text) => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
         Err(e) => store_error(&e),
@@ -508,59 +281,20 @@ fn status(args: &ConfigArg, json: bool) -> ExitCode {
 }
 
 fn deliveries(args: &DeliveriesArgs) -> ExitCode {
+    use coze_watch::deliveries::{self, Action};
     let config = match load_for_inspection(&args.config) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let dir = &config.state.dir;
-    let store = match coze_watch::store::Store::open_existing(dir) {
-        Ok(s) => s,
-        Err(e) => return store_error(&e),
+    let action = match (args.retry_dead, args.retry.is_empty(), args.drop.is_empty()) {
+        (true, _, _) => Action::RetryAllDead,
+        (_, false, _) => Action::Retry(args.retry.clone()),
+        (_, _, false) => Action::Drop(args.drop.clone()),
+        _ => Action::List,
     };
-    let now = coze_watch::wall::UnixMs::now();
-    let changed = if args.retry_dead {
-        store
-            .requeue_dead(None, now)
-            .map(|n| format!("re-queued {n} dead deliveries"))
-    } else if !args.retry.is_empty() {
-        store
-            .requeue_dead(Some(&args.retry), now)
-            .map(|n| format!("re-queued {n} dead deliveries"))
-    } else if !args.drop.is_empty() {
-        store
-            .drop_dead(Some(&args.drop))
-            .map(|n| format!("dropped {n} dead deliveries"))
-    } else {
-        Ok(String::new())
-    };
-    match changed {
-        Ok(msg) if !msg.is_empty() => {
-            println!("{msg}");
-            if let Some(pid) = coze_watch::store::daemon_pid(dir) {
-                // Tell the running daemon to look at its outbox now.
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGUSR1,
-                );
-            }
-        }
-        Ok(_) => {}
-        Err(e) => return store_error(&e),
-    }
-    match store.deliveries("dead", 1000) {
-        Ok(dead) => {
-            println!("{} dead deliveries", dead.len());
-            for d in dead {
-                println!(
-                    "  {} {} {} -> {} (attempts {}): {}",
-                    d.event_id,
-                    d.event_type,
-                    d.document_id,
-                    d.notifier,
-                    d.attempts,
-                    d.last_error.unwrap_or_default().escape_debug()
-                );
-            }
+    match deliveries::run(&config.state.dir, &action) {
+        Ok(report) => {
+            print!("{}", deliveries::render_text(&report));
             ExitCode::SUCCESS
         }
         Err(e) => store_error(&e),
@@ -568,60 +302,25 @@ fn deliveries(args: &DeliveriesArgs) -> ExitCode {
 }
 
 async fn notify_test(name: String, args: ConfigArg) -> anyhow::Result<ExitCode> {
-    init_logging();
-    let path = config::config_path(args.config.as_deref(), &config::process_env);
-    let loaded = match config::load(&path, &config::process_env, Mode::Strict) {
+    use coze_watch::notify::{Outcome, probe};
+    logging::init("info", LogFormat::Text);
+    let loaded = match load_strict(&args, "") {
         Ok(l) => l,
-        Err(diags) => {
-            print_problems("error", &diags.errors);
-            return Ok(ExitCode::from(EXIT_CONFIG));
-        }
+        Err(code) => return Ok(code),
     };
-    let Some(entry) = loaded.config.notifiers.iter().find(|n| n.name == name) else {
-        let names: Vec<&str> = loaded
-            .config
-            .notifiers
-            .iter()
-            .map(|n| n.name.as_str())
-            .collect();
-        eprintln!(
-            "error: {}: no notifier named {name:?} (notifiers: {})",
-            path.display(),
-            if names.is_empty() {
-                "none".to_string()
+    match probe::send_test(&loaded.config, &name).await {
+        Ok((event_id, outcome)) => {
+            println!("{}", probe::render_text(&name, &event_id, &outcome));
+            let delivered = outcome == Outcome::Delivered;
+            Ok(ExitCode::from(if delivered {
+                exit::OK
             } else {
-                names.join(", ")
-            }
-        );
-        return Ok(ExitCode::FAILURE);
-    };
-    let notifier = match coze_watch::notify::build(entry) {
-        Ok(n) => n,
+                exit::FAILURE
+            }))
+        }
         Err(e) => {
-            eprintln!("error: notifier {name:?}: {e}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    let body = coze_watch::notify::EventBody::test_event(coze_watch::wall::UnixMs::now());
-    let job = coze_watch::notify::Job {
-        event_id: body.data.event_id.clone(),
-        event_type: body.event_type,
-        body: body.to_json(),
-        event: body,
-        attempt: 1,
-    };
-    match notifier.deliver(&job).await {
-        coze_watch::notify::Outcome::Delivered => {
-            println!("{name}: delivered test event {}", job.event_id);
-            Ok(ExitCode::SUCCESS)
-        }
-        coze_watch::notify::Outcome::Retry { error, .. } => {
-            println!("{name}: not delivered (would be retried): {error}");
-            Ok(ExitCode::FAILURE)
-        }
-        coze_watch::notify::Outcome::Permanent { error } => {
-            println!("{name}: not delivered (permanent): {error}");
-            Ok(ExitCode::FAILURE)
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(exit::FAILURE))
         }
     }
 }
@@ -629,192 +328,5 @@ async fn notify_test(name: String, args: ConfigArg) -> anyhow::Result<ExitCode> 
 fn print_problems(kind: &str, problems: &[ConfigError]) {
     for p in problems {
         eprintln!("{kind}: {p}");
-    }
-}
-
-fn print_summary(c: &Config) {
-    let token_from = match &c.api.token_source {
-        config::TokenSource::Env(name) => format!("${name}"),
-        config::TokenSource::File(p) => p.display().to_string(),
-    };
-    println!("config:     {}", c.file.display());
-    println!(
-        "api:        {} (token from {token_from}, {} ids per request, {}/s)",
-        coze_watch::redact::url(c.api.base_url.as_str()),
-        c.api.limits.max_ids_per_request,
-        c.api.limits.max_requests_per_second
-    );
-    println!(
-        "watching:   {} dataset(s), {} document(s)",
-        c.watch.datasets.len(),
-        c.watch.document_count()
-    );
-    let notifiers: Vec<String> = c
-        .notifiers
-        .iter()
-        .map(|n| match &n.kind {
-            NotifierKind::Webhook(w) => format!("{} (webhook to {})", n.name, w.url),
-            kind => format!("{} ({})", n.name, kind.type_name()),
-        })
-        .collect();
-    println!(
-        "notifiers:  {}",
-        if notifiers.is_empty() {
-            "none".to_string()
-        } else {
-            notifiers.join(", ")
-        }
-    );
-    println!("state dir:  {}", c.state.dir.display());
-    let (capped, uncapped) = c.worst_case_requests_per_day();
-    let mut line = format!("worst case: {capped} requests/day");
-    if uncapped > capped {
-        line.push_str(&format!(" (limits cap {uncapped})"));
-    }
-    println!("{line}");
-    if capped > config::PUBLISHED_DAILY_QUOTA && c.api.limits.max_requests_per_day.is_none() {
-        eprintln!(
-            "warning: the worst case exceeds Coze's published quota of {} requests/day per space; \
-             set api.max_requests_per_day to your plan's quota",
-            config::PUBLISHED_DAILY_QUOTA
-        );
-    }
-}
-
-async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
-    // Handlers first, so a signal during start-up ends the process cleanly.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    let (mut scenario, generated) = match &args.scenario {
-        Some(file) => (read_scenario(file)?, false),
-        None => (sim::generate(&generator(&args)?), true),
-    };
-    if let Some(token) = &args.token {
-        scenario.token = token.clone();
-    }
-    if let Some(h) = args.hints {
-        scenario.hints = h;
-    }
-    apply_fault_flags(&args, &mut scenario)?;
-    let handle = sim::start(scenario.clone(), args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    println!(
-        "coze-watch simulator listening on {} (token: {})",
-        handle.base_url(),
-        scenario.token
-    );
-    if generated {
-        print_watch_list(&scenario);
-    }
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-        _ = term.recv() => {}
-    }
-    handle.shutdown().await;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn apply_fault_flags(args: &SimulateArgs, scenario: &mut sim::Scenario) -> anyhow::Result<()> {
-    let f = &mut scenario.faults;
-    for (flag, value, slot) in [
-        ("--error-rate", args.error_rate, &mut f.error_rate),
-        (
-            "--rate-limit-rate",
-            args.rate_limit_rate,
-            &mut f.rate_limit_rate,
-        ),
-        (
-            "--malformed-rate",
-            args.malformed_rate,
-            &mut f.malformed_rate,
-        ),
-        (
-            "--code-error-rate",
-            args.code_error_rate,
-            &mut f.code_error_rate,
-        ),
-    ] {
-        if let Some(v) = value {
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&v),
-                "{flag} {v} must be between 0 and 1"
-            );
-            *slot = v;
-        }
-    }
-    if let Some(secs) = args.retry_after {
-        f.retry_after_secs = Some(secs);
-    }
-    if let Some(text) = &args.latency {
-        let d = humantime::parse_duration(text).with_context(|| format!("--latency {text:?}"))?;
-        f.latency_ms = d.as_millis() as u64;
-    }
-    if let Some(q) = args.quota {
-        anyhow::ensure!(q > 0.0, "--quota {q} must be greater than 0");
-        scenario.quota_per_second = Some(q);
-    }
-    Ok(())
-}
-
-fn read_scenario(file: &Path) -> anyhow::Result<sim::Scenario> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read scenario {}", file.display()))?;
-    serde_yaml::from_str(&text).with_context(|| format!("{}: invalid scenario", file.display()))
-}
-
-fn generator(args: &SimulateArgs) -> anyhow::Result<sim::Generator> {
-    let (min, max) = match &args.duration {
-        Some(range) => parse_range(range)?,
-        None => (Duration::from_secs(20), Duration::from_secs(120)),
-    };
-    let upload_spread = match &args.upload_spread {
-        Some(s) => {
-            humantime::parse_duration(s).with_context(|| format!("--upload-spread {s:?}"))?
-        }
-        None => Duration::ZERO,
-    };
-    let fail_rate = args.fail_rate.unwrap_or(0.05);
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&fail_rate),
-        "--fail-rate {fail_rate} must be between 0 and 1"
-    );
-    Ok(sim::Generator {
-        datasets: args.datasets.unwrap_or(2),
-        documents_per_dataset: args.documents_per_dataset.unwrap_or(3),
-        fail_rate,
-        min_duration: min,
-        max_duration: max,
-        upload_spread,
-        hints: args.hints.unwrap_or_default(),
-        seed: args.seed.unwrap_or(1),
-    })
-}
-
-/// `20s..5m` -> (20 s, 5 min).
-fn parse_range(text: &str) -> anyhow::Result<(Duration, Duration)> {
-    let (lo, hi) = text
-        .split_once("..")
-        .with_context(|| format!("--duration {text:?}: expected MIN..MAX, e.g. 20s..5m"))?;
-    let lo =
-        humantime::parse_duration(lo.trim()).with_context(|| format!("--duration {text:?}"))?;
-    let hi =
-        humantime::parse_duration(hi.trim()).with_context(|| format!("--duration {text:?}"))?;
-    anyhow::ensure!(lo <= hi, "--duration {text:?}: MIN is greater than MAX");
-    Ok((lo, hi))
-}
-
-/// Prints the generated ids as a `watch:` section ready to paste into a config.
-fn print_watch_list(scenario: &sim::Scenario) {
-    println!("watch:");
-    for d in &scenario.datasets {
-        let ids: Vec<String> = d
-            .documents
-            .iter()
-            .map(|doc| format!("{:?}", doc.id))
-            .collect();
-        println!("  - dataset: {:?}", d.id);
-        println!("    documents: [{}]", ids.join(", "));
     }
 }

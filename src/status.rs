@@ -72,6 +72,20 @@ impl From<DeliveryRow> for DeliveryView {
     }
 }
 
+/// `coze-watch status [--json]`: opens the store of `config` read-only and renders what it
+/// knows, as JSON or as the table.
+pub fn show(config: &crate::config::Config, json: bool) -> Result<String, StoreError> {
+    let store = Store::open_read_only(&config.state.dir)?;
+    let report = snapshot(&store, Some(&config.watch), UnixMs::now())?;
+    Ok(if json {
+        // Plain strings and numbers: serializing cannot fail; an empty object if it ever did.
+        let text = serde_json::to_string_pretty(&report).unwrap_or_else(|_| "{}".into());
+        format!("{text}\n")
+    } else {
+        render_text(&report)
+    })
+}
+
 /// Reads everything `status` shows. `watch` marks which documents the config lists.
 pub fn snapshot(
     store: &Store,

@@ -30,13 +30,11 @@ use crate::wall::UnixMs;
 const UNUSABLE_RETRIES: usize = 2;
 
 /// Exit codes of `wait` (SPEC section 2).
+/// `wait`'s exit codes, by outcome (the numbers live in [`crate::exit`]).
 pub mod exit {
-    pub const COMPLETED: u8 = 0;
-    pub const FAILED: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const TIMED_OUT: u8 = 3;
-    pub const API_UNUSABLE: u8 = 4;
-    pub const INTERRUPTED: u8 = 130;
+    pub use crate::exit::{API_UNUSABLE, INTERRUPTED, TIMED_OUT, USAGE};
+    pub const COMPLETED: u8 = crate::exit::OK;
+    pub const FAILED: u8 = crate::exit::FAILURE;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +44,107 @@ pub enum Display {
     /// One plain line per change.
     Lines,
     Quiet,
+}
+
+/// The arguments of `coze-watch wait`.
+#[derive(clap::Args)]
+pub struct WaitArgs {
+    /// The dataset (knowledge base) id.
+    pub dataset_id: String,
+    /// The document ids to wait for.
+    #[arg(required = true)]
+    pub document_ids: Vec<String>,
+    /// Give up after this long (exit 3), e.g. 30m.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Print the final states as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+    /// API base URL [default: $COZE_API_BASE, else https://api.coze.cn].
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 30m, 1h 30m)"))
+}
+
+/// `coze-watch wait`: checks the arguments, waits, prints `--json`; returns the exit code.
+pub async fn command(args: WaitArgs) -> Result<u8, crate::http::BuildError> {
+    use std::io::IsTerminal;
+    let display = if args.quiet {
+        Display::Quiet
+    } else if std::io::stderr().is_terminal() {
+        Display::Bars
+    } else {
+        Display::Lines
+    };
+    let opts = match options(
+        &args.dataset_id,
+        &args.document_ids,
+        args.timeout,
+        args.base_url.as_deref(),
+        &crate::config::process_env,
+        display,
+    ) {
+        Ok(o) => o,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let interrupt = match crate::signals::interrupt() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return Ok(crate::exit::FAILURE);
+        }
+    };
+    let report = run(opts, interrupt).await?;
+    if args.json {
+        // Plain strings and numbers: serializing cannot fail; an empty object if it ever did.
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_else(|_| "{}".into())
+        );
+    }
+    Ok(report.exit_code)
+}
+
+/// Checks `wait`'s arguments with the same rules as the config (ids, base URL, token) and
+/// builds its options. The error is the usage message (exit 2).
+pub fn options(
+    dataset: &str,
+    documents: &[String],
+    timeout: Option<Duration>,
+    base_url_flag: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+    display: Display,
+) -> Result<WaitOptions, String> {
+    let token = match crate::config::TokenSource::Env("COZE_API_TOKEN".into()).read(env) {
+        Ok(t) => t,
+        Err(crate::config::TokenError::EnvUnset(_) | crate::config::TokenError::EnvEmpty(_)) => {
+            return Err("COZE_API_TOKEN is not set: export the API token (it needs the readDocumentProgress permission)".into());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let base = crate::config::base_url_choice(base_url_flag, None, env);
+    let base_url = crate::config::validate::parse_http_url(&base)
+        .map_err(|msg| format!("base URL {}: {msg}", crate::redact::url(&base)))?;
+    for id in std::iter::once(dataset).chain(documents.iter().map(String::as_str)) {
+        crate::config::validate::id(id)?;
+    }
+    Ok(WaitOptions {
+        dataset: DatasetId::new(dataset),
+        documents: documents.iter().map(DocumentId::new).collect(),
+        timeout,
+        base_url,
+        token,
+        display,
+    })
 }
 
 pub struct WaitOptions {

@@ -10,6 +10,7 @@ mod error;
 mod expand;
 mod raw;
 mod resolve;
+pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

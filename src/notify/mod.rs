@@ -10,6 +10,7 @@ pub mod chat;
 pub mod dispatcher;
 pub mod exec;
 pub mod log;
+pub mod probe;
 pub mod signature;
 pub mod webhook;
 

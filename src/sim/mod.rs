@@ -6,6 +6,7 @@
 //! It injects faults on request and reports its counters and the truth (each document's real
 //! terminal time). It shares no state with the daemon: everything goes over HTTP.
 
+pub mod cli;
 pub mod scenario;
 mod server;
 

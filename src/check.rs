@@ -1,0 +1,62 @@
+//! `coze-watch check`: the summary of a loaded config (what `run` would watch, with whom, and
+//! what it may cost per day).
+//!
+//! Pure: renders text from a [`Config`]; loading and validation are `config`'s.
+
+use crate::config::{self, Config, NotifierKind, TokenSource};
+
+/// The summary for stdout, and a warning for stderr when the worst case may exceed the
+/// published daily quota.
+pub fn render_summary(c: &Config) -> (String, Option<String>) {
+    let token_from = match &c.api.token_source {
+        TokenSource::Env(name) => format!("${name}"),
+        TokenSource::File(p) => p.display().to_string(),
+    };
+    let mut out = String::new();
+    out.push_str(&format!("config:     {}\n", c.file.display()));
+    out.push_str(&format!(
+        "api:        {} (token from {token_from}, {} ids per request, {}/s)\n",
+        crate::redact::url(c.api.base_url.as_str()),
+        c.api.limits.max_ids_per_request,
+        c.api.limits.max_requests_per_second
+    ));
+    out.push_str(&format!(
+        "watching:   {} dataset(s), {} document(s)\n",
+        c.watch.datasets.len(),
+        c.watch.document_count()
+    ));
+    let notifiers: Vec<String> = c
+        .notifiers
+        .iter()
+        .map(|n| match &n.kind {
+            NotifierKind::Webhook(w) => format!("{} (webhook to {})", n.name, w.url),
+            kind => format!("{} ({})", n.name, kind.type_name()),
+        })
+        .collect();
+    out.push_str(&format!(
+        "notifiers:  {}\n",
+        if notifiers.is_empty() {
+            "none".to_string()
+        } else {
+            notifiers.join(", ")
+        }
+    ));
+    out.push_str(&format!("state dir:  {}\n", c.state.dir.display()));
+    let (capped, uncapped) = c.worst_case_requests_per_day();
+    let mut line = format!("worst case: {capped} requests/day");
+    if uncapped > capped {
+        line.push_str(&format!(" (limits cap {uncapped})"));
+    }
+    out.push_str(&line);
+    out.push('\n');
+    let warning = (capped > config::PUBLISHED_DAILY_QUOTA
+        && c.api.limits.max_requests_per_day.is_none())
+    .then(|| {
+        format!(
+            "the worst case exceeds Coze's published quota of {} requests/day per space; \
+                 set api.max_requests_per_day to your plan's quota",
+            config::PUBLISHED_DAILY_QUOTA
+        )
+    });
+    (out, warning)
+}

@@ -1,0 +1,54 @@
+//! Pure checks of single values, shared by the config loader and the command line (`wait`
+//! validates its ids and base URL with these): ids and http(s) URLs.
+//!
+//! No I/O; errors are messages that show URLs as scheme and host only.
+
+use std::net::IpAddr;
+
+use url::Url;
+
+use super::DEFAULT_BASE_URL;
+
+/// Checks an id: not empty, and no whitespace, slash or control character (an id goes into a
+/// URL path and a log line).
+pub fn id(text: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err("empty id".into());
+    }
+    if text.trim() != text || text.chars().any(char::is_control) || text.contains('/') {
+        return Err(format!(
+            "id {text:?} contains whitespace, a slash or control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses an absolute http(s) URL with a host. Messages show only scheme and host.
+pub fn parse_http_url(text: &str) -> Result<Url, String> {
+    let u = Url::parse(text.trim())
+        .map_err(|e| format!("not an absolute URL ({e}); expected https://host/path"))?;
+    match u.scheme() {
+        "http" | "https" => {}
+        other => return Err(format!("unsupported scheme {other:?} (use http or https)")),
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err("URL has no host".to_string());
+    }
+    Ok(u)
+}
+
+/// Stands in for a bad base URL; only used when an error was reported, so never sent to.
+pub(super) fn fallback_url() -> Url {
+    Url::parse(DEFAULT_BASE_URL)
+        .unwrap_or_else(|e| unreachable!("the literal {DEFAULT_BASE_URL} is a valid URL: {e}"))
+}
+
+/// Whether the URL's host is loopback (plain http to it sends nothing over a network).
+pub fn is_loopback_host(u: &Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
