@@ -6,37 +6,49 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: YAML file -> validated [`config::Config`]; every config error.
-//! - [`coze`]: the Coze API: wire types, client, rate limiter, error classification.
-//! - [`sim`]: the built-in Coze API simulator used by the demo, the tests and the benchmarks.
-//! - [`event`], [`ids`], [`secret`], [`redact`]: small shared vocabulary types.
+//! In pipeline order (data flows one way: config -> schedule -> client -> tracker -> store ->
+//! notifiers; nothing flows back up except through the store):
 //!
-//! Data flows one way: config -> schedule -> client -> tracker -> store -> notifiers.
+//! - [`config`]: YAML file -> validated [`config::Config`]; every config error.
+//! - [`schedule`]: when each dataset is polled next (pure).
+//! - [`coze`]: the Coze API: wire types, client, rate limiter, error classification.
+//! - [`http`]: what the Coze client and the webhook notifier share.
+//! - [`poller`]: one poll of one dataset (the daemon and `wait` share it).
+//! - [`tracker`]: the document state machine (pure).
+//! - [`store`]: SQLite: document rows, schedules, the outbox, the state-dir lock.
+//! - [`notify`]: event bodies, the dispatcher and the notifiers.
+//! - [`daemon`]: the run loop of `coze-watch run`, tying the above together.
+//! - [`ops`], [`metrics`], [`status`]: what an operator sees.
+//! - Commands: [`wait`], [`deliveries`], [`check`], [`demo`]; process set-up: [`signals`],
+//!   [`logging`], [`exit`].
+//! - [`sim`]: the built-in Coze API simulator used by the demo, the tests and the benchmarks.
+//! - Vocabulary: [`event`], [`ids`], [`wall`], [`window`], [`secret`], [`redact`].
+//!
 //! See `ARCHITECTURE.md` for the map.
 
-pub mod check;
 pub mod config;
-pub mod coze;
-pub mod daemon;
-pub mod deliveries;
-pub mod demo;
-pub mod event;
-pub mod exit;
-pub mod http;
-pub mod ids;
-pub mod logging;
-pub mod metrics;
-pub mod notify;
-pub mod ops;
-pub mod poller;
-pub mod redact;
 pub mod schedule;
-pub mod secret;
-pub mod signals;
-pub mod sim;
-pub mod status;
-pub mod store;
+pub mod coze;
+pub mod http;
+pub mod poller;
 pub mod tracker;
+pub mod store;
+pub mod notify;
+pub mod daemon;
+pub mod ops;
+pub mod metrics;
+pub mod status;
 pub mod wait;
+pub mod deliveries;
+pub mod check;
+pub mod demo;
+pub mod signals;
+pub mod logging;
+pub mod exit;
+pub mod sim;
+pub mod event;
+pub mod ids;
 pub mod wall;
 pub mod window;
+pub mod secret;
+pub mod redact;
