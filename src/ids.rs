@@ -63,6 +63,10 @@ string_id!(
     /// A document (uploaded file) inside a dataset.
     DocumentId
 );
+string_id!(
+    /// A Coze workspace ("space"), which holds knowledge bases.
+    SpaceId
+);
 
 fn deserialize_id_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     struct IdVisitor;

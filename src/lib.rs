@@ -14,11 +14,13 @@
 //! - [`coze`]: the Coze API: wire types, client, rate limiter, error classification.
 //! - [`http`]: what the Coze client and the webhook notifier share.
 //! - [`poller`]: one poll of one dataset (the daemon and `wait` share it).
+//! - [`discover`]: which knowledge bases to list and which listed documents to watch (pure).
 //! - [`tracker`]: the document state machine (pure).
 //! - [`store`]: SQLite: document rows, schedules, the outbox, the state-dir lock.
 //! - [`notify`]: event bodies, the dispatcher and the notifiers.
 //! - [`daemon`]: the run loop of `coze-watch run`, tying the above together.
-//! - [`ops`], [`metrics`], [`status`]: what an operator sees.
+//! - [`ops`], [`metrics`], [`status`]: what an operator sees; [`runtime`]: the run-time
+//!   watch list's input rules (`watch add`, `POST /v1/watch`).
 //! - Commands: [`wait`], [`deliveries`], [`check`], [`demo`]; process set-up: [`signals`],
 //!   [`logging`], [`exit`].
 //! - [`sim`]: the built-in Coze API simulator used by the demo, the tests and the benchmarks.
@@ -31,6 +33,7 @@ pub mod schedule;
 pub mod coze;
 pub mod http;
 pub mod poller;
+pub mod discover;
 pub mod tracker;
 pub mod store;
 pub mod notify;
@@ -38,6 +41,7 @@ pub mod daemon;
 pub mod ops;
 pub mod metrics;
 pub mod status;
+pub mod runtime;
 pub mod wait;
 pub mod deliveries;
 pub mod check;

@@ -80,6 +80,13 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// The run-time watch list: add, remove and list entries kept in the store.
+    Watch {
+        #[command(subcommand)]
+        command: coze_watch::runtime::cli::WatchCommand,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// A zero-set-up tour: the simulator and the daemon on loopback, narrated; exits by itself.
     #[command(after_help = "Example:\n  coze-watch demo")]
     Demo,
@@ -88,7 +95,7 @@ enum Command {
 #[derive(Args)]
 struct ConfigArg {
     /// Config file [default: $COZE_WATCH_CONFIG, else /etc/coze-watch/config.yaml]
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
 }
 
@@ -142,6 +149,17 @@ fn main() -> ExitCode {
             Ok(ExitCode::from(code))
         }),
         Command::Deliveries(args) => deliveries(&args),
+        Command::Watch { command, config } => match load_for_inspection(&config) {
+            Ok(c) => {
+                let names: Vec<String> = c.notifiers.iter().map(|n| n.name.clone()).collect();
+                ExitCode::from(coze_watch::runtime::cli::run(
+                    &c.state.dir,
+                    &names,
+                    &command,
+                ))
+            }
+            Err(code) => code,
+        },
         Command::Demo => run_async(async {
             logging::init("coze_watch::event=info,warn", LogFormat::Text);
             coze_watch::demo::run().await?;

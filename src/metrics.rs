@@ -54,6 +54,8 @@ pub struct Metrics {
     pub outbox_pending: Gauge,
     pub outbox_dead: Gauge,
     pub healthy: Gauge,
+    pub reload_success: Gauge,
+    pub last_reload: Gauge,
     pub health: Health,
 }
 
@@ -83,6 +85,8 @@ impl Metrics {
             outbox_pending: Gauge::default(),
             outbox_dead: Gauge::default(),
             healthy: Gauge::default(),
+            reload_success: Gauge::default(),
+            last_reload: Gauge::default(),
             health: Health::default(),
             registry: Registry::default(),
         };
@@ -128,7 +132,25 @@ impl Metrics {
             m.outbox_dead.clone(),
         );
         registry.register("healthy", "1 when /healthz answers 200", m.healthy.clone());
+        registry.register(
+            "config_reload_success",
+            "1 when the last reload applied the config, 0 when it was refused (1 before any)",
+            m.reload_success.clone(),
+        );
+        registry.register(
+            "config_last_reload_timestamp_seconds",
+            "Unix time of the last reload attempt (0 before any)",
+            m.last_reload.clone(),
+        );
+        // No reload yet: nothing was refused.
+        m.reload_success.set(1);
         Metrics { registry, ..m }
+    }
+
+    /// A reload's outcome (`coze_watch_config_reload_success`, `..._last_reload_timestamp_seconds`).
+    pub fn reloaded(&self, ok: bool, at: crate::wall::UnixMs) {
+        self.reload_success.set(i64::from(ok));
+        self.last_reload.set(at.0 / 1000);
     }
 
     pub fn poll(&self, ok: bool) {
@@ -186,6 +208,8 @@ struct HealthState {
     /// Datasets polled at least once.
     polled: BTreeMap<DatasetId, ()>,
     store: Option<String>,
+    /// Discovery scopes refused by the API (a token without `listKnowledge`), with the error.
+    discovery: BTreeMap<String, String>,
 }
 
 impl Health {
@@ -218,6 +242,26 @@ impl Health {
         });
     }
 
+    /// A discovery scope the API refuses (auth or permission): a reason for `/healthz`.
+    pub fn discovery_failed(&self, scope: &str, error: String) {
+        self.with(|s| {
+            s.discovery.insert(scope.to_string(), error);
+        });
+    }
+
+    pub fn discovery_ok(&self, scope: &str) {
+        self.with(|s| {
+            s.discovery.remove(scope);
+        });
+    }
+
+    /// Every current problem, healthy-making or not, for `/status`.
+    pub fn reasons(&self) -> Vec<String> {
+        self.problems()
+            .map(|p| p.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
     pub fn store_result(&self, error: Option<String>) {
         self.with(|s| s.store = error);
     }
@@ -233,6 +277,7 @@ impl Health {
             if let Some(e) = &s.store {
                 reasons.push(format!("store: {e}"));
             }
+            reasons.extend(s.discovery.values().cloned());
             if s.auth.is_none() && !s.polled.is_empty() && s.failing.len() == s.polled.len() {
                 for (ds, e) in &s.failing {
                     reasons.push(format!("dataset {ds}: {e}"));

@@ -1,30 +1,55 @@
-//! The ops endpoint (`http.listen`): `GET /healthz`, `GET /metrics`, `GET /status`.
+//! The ops endpoint (`http.listen`): `GET /healthz`, `GET /metrics`, `GET /status`, and the
+//! run-time watch list `GET /v1/watch`, `POST /v1/watch`, `DELETE /v1/watch/{dataset_id}`.
 //!
-//! Read-only: it reads the metrics, the health state and the store, and changes nothing.
-//! Loopback unless the config says `allow_remote: true` (checked in `config`).
+//! It changes no state but the run-time watch list, and that only through the write routes,
+//! which exist only with `http.api_token_env`/`api_token_file` and need that bearer token
+//! (compared in constant time; never logged). Loopback unless the config says
+//! `allow_remote: true` (checked in `config`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, Path, Query};
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WatchList;
 use crate::metrics::{Metrics, StateLabel};
+use crate::runtime::{self, AddRequest, EntryView, InputError};
+use crate::secret::Secret;
 use crate::status;
 use crate::store::StoreHandle;
 use crate::tracker::Lifecycle;
 use crate::wall::UnixMs;
+
+/// The largest body the write routes read; a larger one gets 413.
+pub const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct OpsState {
     pub metrics: Arc<Metrics>,
     pub store: StoreHandle,
     pub watch: Arc<RwLock<Arc<WatchList>>>,
+    /// `None`: the write routes answer 404.
+    pub writes: Option<Writes>,
+}
+
+/// What the write routes need.
+#[derive(Clone)]
+pub struct Writes {
+    pub token: Secret,
+    /// The configured notifier names (`notify` must name them).
+    pub notifiers: Vec<String>,
+    /// Tells the run loop the run-time watch list changed.
+    pub changed: mpsc::UnboundedSender<()>,
 }
 
 /// Binds `listen` and serves until `shutdown`. Binding errors are returned (a fatal start-up
@@ -39,6 +64,9 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/status", get(status_json))
+        .route("/v1/watch", get(list_watch).post(add_watch))
+        .route("/v1/watch/{dataset_id}", delete(remove_watch))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
     tracing::info!(%listen, "ops endpoint listening");
     Ok(tokio::spawn(async move {
@@ -108,9 +136,132 @@ async fn status_json(State(s): State<OpsState>) -> Response {
     let report = s
         .store
         .read_long(move |st| status::snapshot(st, Some(&watch), UnixMs::now()))
-        .await;
+        .await
+        .map(|mut r| {
+            r.problems = s.metrics.health.reasons();
+            r
+        });
     match report {
         Ok(r) => axum::Json(r).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+fn json_error(status: StatusCode, field: &str, message: &str) -> Response {
+    let body = serde_json::json!({"error": message, "field": field});
+    (status, axum::Json(body)).into_response()
+}
+
+fn input_error(e: &InputError) -> Response {
+    json_error(StatusCode::BAD_REQUEST, &e.field, &e.message)
+}
+
+/// The write routes' gate: 404 when writes are off, 401 without the right bearer token.
+fn authorize<'a>(s: &'a OpsState, headers: &HeaderMap) -> Result<&'a Writes, Box<Response>> {
+    let Some(writes) = s.writes.as_ref() else {
+        return Err(Box::new(
+            (StatusCode::NOT_FOUND, "not found\n").into_response(),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if same_secret(given.as_bytes(), writes.token.expose().as_bytes()) {
+        Ok(writes)
+    } else {
+        Err(Box::new(json_error(
+            StatusCode::UNAUTHORIZED,
+            "authorization",
+            "a valid `Authorization: Bearer <token>` is needed",
+        )))
+    }
+}
+
+/// Constant time whatever the inputs: both sides are hashed first, so neither the position
+/// of the first difference nor the length of the secret shows in the timing.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+        && !expected.is_empty()
+}
+
+async fn list_watch(State(s): State<OpsState>) -> Response {
+    match s.store.read_long(|st| st.watch_entries()).await {
+        Ok(entries) => {
+            let views: Vec<EntryView> = entries.iter().map(EntryView::from).collect();
+            axum::Json(serde_json::json!({ "entries": views })).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn add_watch(State(s): State<OpsState>, headers: HeaderMap, body: Bytes) -> Response {
+    let writes = match authorize(&s, &headers) {
+        Ok(w) => w.clone(),
+        Err(r) => return *r,
+    };
+    let req: AddRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, "body", &e.to_string()),
+    };
+    let entries = match runtime::validate_add(&req, &writes.notifiers, UnixMs::now()) {
+        Ok(e) => e,
+        Err(e) => return input_error(&e),
+    };
+    let views: Vec<EntryView> = entries.iter().map(EntryView::from).collect();
+    match s
+        .store
+        .write(move |st| st.add_watch_entries(&entries))
+        .await
+    {
+        Ok(added) => {
+            let _ = writes.changed.send(());
+            let status = if added > 0 {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let body = serde_json::json!({"added": added, "entries": views});
+            (status, axum::Json(body)).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RemoveQuery {
+    document_id: Option<String>,
+}
+
+async fn remove_watch(
+    State(s): State<OpsState>,
+    headers: HeaderMap,
+    Path(dataset): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> Response {
+    let writes = match authorize(&s, &headers) {
+        Ok(w) => w.clone(),
+        Err(r) => return *r,
+    };
+    let docs: Vec<String> = q.document_id.into_iter().collect();
+    let (dataset, docs) = match runtime::validate_remove(&dataset, &docs) {
+        Ok(x) => x,
+        Err(e) => return input_error(&e),
+    };
+    match s
+        .store
+        .write(move |st| st.remove_watch_entries(&dataset, docs.as_deref()))
+        .await
+    {
+        Ok(removed) => {
+            let _ = writes.changed.send(());
+            axum::Json(serde_json::json!({"removed": removed})).into_response()
+        }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }

@@ -71,7 +71,7 @@ pub struct ErrorReaction {
 pub fn reaction(e: &ApiError, policy: &SchedulePolicy) -> ErrorReaction {
     let (failure, pause_all, reread_token) = match e {
         ApiError::Auth(_) => (Failure::AtMaximum, Some(policy.backoff.max), true),
-        ApiError::Permission(_) | ApiError::Local(_) => (Failure::AtMaximum, None, false),
+        ApiError::Permission { .. } | ApiError::Local(_) => (Failure::AtMaximum, None, false),
         ApiError::RateLimited { retry_after, .. } => (
             Failure::RateLimited {
                 retry_after: *retry_after,
@@ -228,25 +228,40 @@ pub fn backoff(policy: &BackoffConfig, failures: u32, u: f64) -> Duration {
 /// Taking the earliest due first means the dataset that has waited longest always goes next,
 /// so none starves however scarce requests are. O(log n) per change, so 100,000 documents in
 /// thousands of datasets cost nothing per wake-up.
-#[derive(Debug, Default)]
-pub struct DueQueue {
-    order: BTreeSet<(Instant, DatasetId)>,
-    due: HashMap<DatasetId, Instant>,
+/// Generic over the key: datasets for polls, discovery scopes for listings.
+#[derive(Debug)]
+pub struct DueQueue<K = DatasetId> {
+    order: BTreeSet<(Instant, K)>,
+    due: HashMap<K, Instant>,
 }
 
-impl DueQueue {
+impl<K> Default for DueQueue<K> {
+    fn default() -> Self {
+        DueQueue {
+            order: BTreeSet::new(),
+            due: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone + std::hash::Hash> DueQueue<K> {
     /// Queues `dataset` for `at`, replacing any earlier entry.
-    pub fn insert(&mut self, dataset: DatasetId, at: Instant) {
+    pub fn insert(&mut self, dataset: K, at: Instant) {
         if let Some(old) = self.due.insert(dataset.clone(), at) {
             self.order.remove(&(old, dataset.clone()));
         }
         self.order.insert((at, dataset));
     }
 
-    pub fn remove(&mut self, dataset: &DatasetId) {
+    pub fn remove(&mut self, dataset: &K) {
         if let Some(old) = self.due.remove(dataset) {
             self.order.remove(&(old, dataset.clone()));
         }
+    }
+
+    /// When `key` is due, if queued.
+    pub fn due_at(&self, key: &K) -> Option<Instant> {
+        self.due.get(key).copied()
     }
 
     /// When the earliest queued poll is due.
@@ -255,7 +270,7 @@ impl DueQueue {
     }
 
     /// Takes up to `slots` datasets due at `now`, earliest first.
-    pub fn pop_due(&mut self, now: Instant, slots: usize) -> Vec<DatasetId> {
+    pub fn pop_due(&mut self, now: Instant, slots: usize) -> Vec<K> {
         let mut out = Vec::new();
         while out.len() < slots {
             match self.order.first() {

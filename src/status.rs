@@ -12,6 +12,31 @@ use crate::store::{DeliveryRow, Store, StoreError};
 use crate::tracker::Lifecycle;
 use crate::wall::UnixMs;
 
+/// The `meta` key of the last reload's outcome.
+pub const LAST_RELOAD: &str = "last_reload";
+
+/// The last reload's outcome, as stored (JSON) and shown by `status`.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct ReloadOutcome {
+    /// RFC 3339.
+    pub at: String,
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// What discovery knows of one scope.
+#[derive(Debug, Serialize)]
+pub struct ScopeView {
+    /// `space:ID` or `dataset:ID`.
+    pub scope: String,
+    pub knowledge_bases: usize,
+    /// Knowledge bases skipped, with why (`disabled`, `volcano`).
+    pub skipped: BTreeMap<String, String>,
+    /// The last listing's error (a 4101 names the missing permission).
+    pub last_error: Option<String>,
+}
+
 /// The most deliveries of each kind listed.
 const DELIVERIES_LISTED: usize = 1000;
 
@@ -23,6 +48,11 @@ pub struct StatusReport {
     pub documents: Vec<DocumentRow>,
     pub pending_deliveries: Vec<DeliveryView>,
     pub dead_deliveries: Vec<DeliveryView>,
+    /// The last reload (`null` before any).
+    pub last_reload: Option<ReloadOutcome>,
+    pub discovery: Vec<ScopeView>,
+    /// Why the daemon is unhealthy (`/status` only; the CLI cannot know).
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,6 +123,17 @@ pub fn snapshot(
     now: UnixMs,
 ) -> Result<StatusReport, StoreError> {
     let schedules = store.load_schedules()?;
+    // Old stores (before schema 3) have no discovery table: nothing discovered.
+    let scopes = store.load_scopes().unwrap_or_default();
+    let covered: BTreeSet<String> = scopes
+        .values()
+        .flat_map(|s| s.covered().map(ToString::to_string).collect::<Vec<_>>())
+        .chain(
+            watch
+                .map(|w| w.all_of.keys().map(ToString::to_string).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        )
+        .collect();
     let mut docs = store.load_documents()?;
     docs.sort_by(|a, b| (&a.dataset_id, &a.document_id).cmp(&(&b.dataset_id, &b.document_id)));
     let listed: BTreeSet<(String, String)> = watch
@@ -117,6 +158,7 @@ pub fn snapshot(
                 .flatten();
             DocumentRow {
                 in_config: watch.is_none()
+                    || covered.contains(d.dataset_id.as_str())
                     || listed.contains(&(d.dataset_id.to_string(), d.document_id.to_string())),
                 dataset_id: d.dataset_id.to_string(),
                 document_id: d.document_id.to_string(),
@@ -136,12 +178,35 @@ pub fn snapshot(
         .collect();
     let pending = store.deliveries("pending", DELIVERIES_LISTED)?;
     let dead = store.deliveries("dead", DELIVERIES_LISTED)?;
+    // Old stores (before schema 3) have no meta table: no reload recorded.
+    let last_reload = store
+        .meta(LAST_RELOAD)
+        .ok()
+        .flatten()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let mut discovery: Vec<ScopeView> = scopes
+        .iter()
+        .map(|(scope, state)| ScopeView {
+            scope: scope.key(),
+            knowledge_bases: state.covered().count(),
+            skipped: state
+                .datasets
+                .iter()
+                .filter_map(|(ds, kb)| kb.skipped.map(|s| (ds.to_string(), s.as_str().into())))
+                .collect(),
+            last_error: state.last_error.clone(),
+        })
+        .collect();
+    discovery.sort_by(|a, b| a.scope.cmp(&b.scope));
     Ok(StatusReport {
         generated_at: now.rfc3339_seconds(),
         counts,
         documents,
         pending_deliveries: pending.into_iter().map(DeliveryView::from).collect(),
         dead_deliveries: dead.into_iter().map(DeliveryView::from).collect(),
+        last_reload,
+        discovery,
+        problems: Vec::new(),
     })
 }
 
@@ -191,6 +256,32 @@ pub fn render_text(r: &StatusReport) -> String {
                 name.escape_debug()
             ));
         }
+    }
+    if let Some(reload) = &r.last_reload {
+        out.push_str(&match &reload.error {
+            None => format!("\nlast reload: {} applied\n", reload.at),
+            Some(e) => format!(
+                "\nlast reload: {} REFUSED: {}\n",
+                reload.at,
+                e.escape_debug()
+            ),
+        });
+    }
+    for scope in &r.discovery {
+        out.push_str(&format!(
+            "\ndiscovery {}: {} knowledge base(s)",
+            scope.scope, scope.knowledge_bases
+        ));
+        for (ds, why) in &scope.skipped {
+            out.push_str(&format!(", {ds} skipped ({why})"));
+        }
+        if let Some(e) = &scope.last_error {
+            out.push_str(&format!("; last error: {}", e.escape_debug()));
+        }
+        out.push('\n');
+    }
+    for p in &r.problems {
+        out.push_str(&format!("problem: {p}\n"));
     }
     for (title, list) in [
         ("pending", &r.pending_deliveries),

@@ -199,7 +199,7 @@ fn unusable(e: &ApiError) -> bool {
     matches!(
         e,
         ApiError::Auth(_)
-            | ApiError::Permission(_)
+            | ApiError::Permission { .. }
             | ApiError::DatasetNotFound(_)
             | ApiError::Local(_)
     )

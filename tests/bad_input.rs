@@ -211,7 +211,7 @@ fn malformed() -> Vec<(&'static str, String, &'static str)> {
         (
             "watch without dataset",
             "watch:\n  - documents: [\"1\"]\n".into(),
-            "missing field `dataset`",
+            "needs a `dataset` or a `space`",
         ),
         (
             "document id a map",
@@ -221,7 +221,7 @@ fn malformed() -> Vec<(&'static str, String, &'static str)> {
         (
             "id with a slash",
             "watch:\n  - dataset: \"1/2\"\n    documents: [\"2\"]\n".into(),
-            "slash",
+            "decimal digits",
         ),
         (
             "unterminated variable",

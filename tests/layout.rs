@@ -60,6 +60,9 @@ fn the_tracker_types_are_not_serializable() {
         .into_iter()
         .find(|(path, _)| path == "src/tracker.rs")
         .unwrap();
-    assert!(!tracker.contains("Serialize"), "src/tracker.rs derives serde");
+    assert!(
+        !tracker.contains("Serialize"),
+        "src/tracker.rs derives serde"
+    );
     assert!(!tracker.contains("serde"), "src/tracker.rs uses serde");
 }

@@ -23,7 +23,7 @@ pub use error::{ConfigError, Diagnostics, KeyPath, LineCol};
 pub use expand::{ExpandError, expand};
 
 use crate::event::EventType;
-use crate::ids::{DatasetId, DocumentId};
+use crate::ids::{DatasetId, DocumentId, SpaceId};
 use crate::secret::{Secret, SecretUrl};
 
 /// Where the config file lives when `-c` is not given.
@@ -123,6 +123,26 @@ pub struct ApiConfig {
     pub token_source: TokenSource,
     pub token: Secret,
     pub limits: ApiLimits,
+    pub flavor: Flavor,
+}
+
+/// Which Coze serves the API: the cloud, or a self-hosted Coze Studio (whose document list
+/// pages from 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Flavor {
+    #[default]
+    Cloud,
+    Studio,
+}
+
+impl Flavor {
+    /// The number of the first page of a document listing.
+    pub fn first_document_page(self) -> u32 {
+        match self {
+            Flavor::Cloud => 1,
+            Flavor::Studio => 0,
+        }
+    }
 }
 
 /// How the client may use the API. [`ApiLimits::default`] is the one source of the defaults of
@@ -230,6 +250,10 @@ pub struct PollConfig {
     pub missing_after: u32,
     pub missing_grace: Duration,
     pub progress_step: u8,
+    /// How often discovery probes a space or lists a `documents: all` knowledge base.
+    pub discover_interval: Duration,
+    /// How often a discovered knowledge base is listed in full even when it looks unchanged.
+    pub relist_interval: Duration,
 }
 
 impl Default for PollConfig {
@@ -249,6 +273,8 @@ impl Default for PollConfig {
             missing_after: 5,
             missing_grace: Duration::from_secs(600),
             progress_step: 10,
+            discover_interval: Duration::from_secs(60),
+            relist_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -284,6 +310,8 @@ pub struct StateConfig {
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub allow_remote: bool,
+    /// The bearer token of the write routes (`POST`/`DELETE /v1/watch`); `None`: writes off.
+    pub api_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -431,15 +459,53 @@ impl RetryPolicy {
     }
 }
 
-/// Every watched document, grouped by dataset.
+/// What to watch: documents named one by one, whole knowledge bases (`documents: all`), and
+/// whole spaces (SPEC section 11).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WatchList {
+    /// Documents named one by one, grouped by dataset.
     pub datasets: BTreeMap<DatasetId, BTreeMap<DocumentId, WatchedDocument>>,
+    /// Knowledge bases watched whole: every document, present and future.
+    pub all_of: BTreeMap<DatasetId, WatchedDocument>,
+    /// Spaces watched whole: every Coze knowledge base, present and future.
+    pub spaces: Vec<SpaceWatch>,
+}
+
+/// A `space:` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpaceWatch {
+    pub space: SpaceId,
+    /// Only these knowledge bases (`datasets:`); `None`: all.
+    pub only: Option<BTreeSet<DatasetId>>,
+    pub exclude: BTreeSet<DatasetId>,
+    pub rule: WatchedDocument,
+}
+
+impl SpaceWatch {
+    /// Whether the entry covers knowledge base `ds` of its space.
+    pub fn covers(&self, ds: &DatasetId) -> bool {
+        !self.exclude.contains(ds) && self.only.as_ref().is_none_or(|o| o.contains(ds))
+    }
 }
 
 impl WatchList {
+    /// Documents named one by one.
     pub fn document_count(&self) -> usize {
         self.datasets.values().map(BTreeMap::len).sum()
+    }
+
+    /// Whether anything is found by listing (a `documents: all` or `space:` entry).
+    pub fn discovers(&self) -> bool {
+        !self.all_of.is_empty() || !self.spaces.is_empty()
+    }
+
+    /// The labels and notifiers of a document named one by one, else of its knowledge base's
+    /// `documents: all` entry.
+    pub fn rule(&self, ds: &DatasetId, doc: &DocumentId) -> Option<&WatchedDocument> {
+        self.datasets
+            .get(ds)
+            .and_then(|m| m.get(doc))
+            .or_else(|| self.all_of.get(ds))
     }
 }
 

@@ -41,6 +41,7 @@ pub struct RawApi {
     pub max_requests_per_second: Option<f64>,
     pub max_requests_per_day: Option<u64>,
     pub max_concurrent_requests: Option<u64>,
+    pub flavor: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +56,8 @@ pub struct RawPoll {
     pub missing_after: Option<u64>,
     pub missing_grace: Option<RawDuration>,
     pub progress_step: Option<u64>,
+    pub discover_interval: Option<RawDuration>,
+    pub relist_interval: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +81,8 @@ pub struct RawHttp {
     pub listen: String,
     #[serde(default)]
     pub allow_remote: bool,
+    pub api_token_env: Option<String>,
+    pub api_token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,12 +129,55 @@ pub struct RawRetry {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWatch {
-    pub dataset: RawId,
-    #[serde(default)]
-    pub documents: Vec<RawId>,
+    pub dataset: Option<RawId>,
+    pub space: Option<RawId>,
+    pub documents: Option<RawDocuments>,
+    /// `space` entries: only these knowledge bases.
+    pub datasets: Option<Vec<RawId>>,
+    /// `space` entries: never these knowledge bases.
+    pub exclude: Option<Vec<RawId>>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub notify: Option<Vec<String>>,
+}
+
+/// `documents:` as written: a list of ids, or `all`.
+#[derive(Debug, Clone)]
+pub enum RawDocuments {
+    All,
+    List(Vec<RawId>),
+    /// A single scalar other than `all` (an error naming it).
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for RawDocuments {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawDocuments;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of document ids, or `all`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDocuments, E> {
+                Ok(if v == "all" {
+                    RawDocuments::All
+                } else {
+                    RawDocuments::Other(v.to_string())
+                })
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawDocuments, A::Error> {
+                let mut ids = Vec::new();
+                while let Some(id) = seq.next_element::<RawId>()? {
+                    ids.push(id);
+                }
+                Ok(RawDocuments::List(ids))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// An include file: a YAML list of watch entries.

@@ -9,16 +9,19 @@ use url::Url;
 
 use super::DEFAULT_BASE_URL;
 
-/// Checks an id: not empty, and no whitespace, slash or control character (an id goes into a
-/// URL path and a log line).
+/// Checks an id: Coze ids are int64 values written as 1 to 19 decimal digits (SPEC section 11).
 pub fn id(text: &str) -> Result<(), String> {
     if text.trim().is_empty() {
         return Err("empty id".into());
     }
-    if text.trim() != text || text.chars().any(char::is_control) || text.contains('/') {
-        return Err(format!(
-            "id {text:?} contains whitespace, a slash or control characters"
-        ));
+    if text == "*" {
+        return Err(
+            "\"*\" is not an id; to watch every document of a knowledge base write `documents: all`"
+                .into(),
+        );
+    }
+    if text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("id {text:?} is not 1 to 19 decimal digits"));
     }
     Ok(())
 }

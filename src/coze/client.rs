@@ -13,12 +13,16 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use url::Url;
 
-use super::error::{Answer, ApiError, Exchange, LocalError, TransientKind, classify};
+use super::error::{
+    Answer, ApiError, Endpoint, Exchange, ListExchange, LocalError, TransientKind, classify,
+    classify_listing,
+};
 use super::limiter::RateLimiter;
+use super::listing::{self, DatasetPage, DocumentPage};
 use super::wire::ProcessRequest;
 use crate::config::{ApiConfig, ApiLimits};
 use crate::http::{self, BuildError, ReadError, TransportKind};
-use crate::ids::{DatasetId, DocumentId};
+use crate::ids::{DatasetId, DocumentId, SpaceId};
 use crate::secret::Secret;
 
 /// The largest answer body read; a larger one is an error, not an allocation.
@@ -131,13 +135,64 @@ impl CozeClient {
         dataset: &DatasetId,
         ids: &[DocumentId],
     ) -> Result<Answer, ApiError> {
+        self.limited(self.send(dataset, ids)).await
+    }
+
+    /// One page of the knowledge bases of `space` (`GET /v1/datasets`), through the shared
+    /// limits. `page_num` counts from 1.
+    pub async fn list_datasets(
+        &self,
+        space: &SpaceId,
+        page_num: u32,
+    ) -> Result<DatasetPage, ApiError> {
+        let mut url = self.url(&["v1", "datasets"])?;
+        url.query_pairs_mut()
+            .append_pair("space_id", space.as_str())
+            .append_pair("page_num", &page_num.to_string())
+            .append_pair("page_size", &listing::DATASETS_PER_PAGE.to_string());
+        let subject = format!("space {space}");
+        let request = self.http.get(url);
+        let answer = self
+            .limited(self.send_listing(request, Endpoint::ListDatasets, &subject))
+            .await?;
+        listing::dataset_page(&answer).map_err(|e| invalid(&subject, e))
+    }
+
+    /// One page of the documents of `dataset` (`POST /open_api/knowledge/document/list`),
+    /// through the shared limits. `page` counts from 1 on Coze, from 0 on Coze Studio: the
+    /// caller knows which.
+    pub async fn list_documents(
+        &self,
+        dataset: &DatasetId,
+        page: u32,
+    ) -> Result<DocumentPage, ApiError> {
+        let url = self.url(&["open_api", "knowledge", "document", "list"])?;
+        let subject = format!("dataset {dataset}");
+        let body = serde_json::json!({
+            "dataset_id": dataset.as_str(),
+            "page": page,
+            "size": listing::DOCUMENTS_PER_PAGE,
+        });
+        let request = self.http.post(url).header("Agw-Js-Conv", "str").json(&body);
+        let answer = self
+            .limited(self.send_listing(request, Endpoint::ListDocuments, &subject))
+            .await?;
+        listing::document_page(&answer).map_err(|e| invalid(&subject, e))
+    }
+
+    /// Runs one request under the shared concurrency and rate limits, and pauses every
+    /// request when the answer says `Retry-After`.
+    async fn limited<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| ApiError::Local(LocalError::ShuttingDown))?;
         self.wait_for_rate().await;
-        let result = self.send(dataset, ids).await;
+        let result = request.await;
         if let Err(ApiError::RateLimited {
             retry_after: Some(after),
             ..
@@ -146,6 +201,49 @@ impl CozeClient {
             self.pause_until(Instant::now() + *after);
         }
         result
+    }
+
+    fn url(&self, segments: &[&str]) -> Result<Url, ApiError> {
+        let mut url = self.base_url.clone();
+        url.path_segments_mut()
+            .map_err(|_| ApiError::Local(LocalError::BaseUrlCannotHavePath))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    fn auth(&self) -> Result<reqwest::header::HeaderValue, ApiError> {
+        let token = match self.token.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        http::bearer(&token).ok_or(ApiError::Local(LocalError::TokenNotAHeader))
+    }
+
+    async fn send_listing(
+        &self,
+        request: reqwest::RequestBuilder,
+        endpoint: Endpoint,
+        subject: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        let response = request
+            .header(AUTHORIZATION, self.auth()?)
+            .send()
+            .await
+            .map_err(|e| transport_error(subject, &e))?;
+        let status = response.status().as_u16();
+        let retry_after = http::header_text(&response, RETRY_AFTER.as_str());
+        let header_logid = http::header_text(&response, "x-tt-logid");
+        let body = read_body(response, subject).await?;
+        let (answer, _logid) = classify_listing(&ListExchange {
+            endpoint,
+            subject,
+            http: status,
+            retry_after: retry_after.as_deref(),
+            header_logid: header_logid.as_deref(),
+            body: &body,
+        })?;
+        Ok(answer)
     }
 
     async fn wait_for_rate(&self) {
@@ -158,24 +256,10 @@ impl CozeClient {
         }
     }
 
-    fn endpoint(&self, dataset: &DatasetId) -> Result<Url, ApiError> {
-        let mut url = self.base_url.clone();
-        url.path_segments_mut()
-            .map_err(|_| ApiError::Local(LocalError::BaseUrlCannotHavePath))?
-            .pop_if_empty()
-            .extend(["v1", "datasets", dataset.as_str(), "process"]);
-        Ok(url)
-    }
-
     async fn send(&self, dataset: &DatasetId, ids: &[DocumentId]) -> Result<Answer, ApiError> {
-        let url = self.endpoint(dataset)?;
-        let auth = {
-            let token = match self.token.read() {
-                Ok(t) => t.clone(),
-                Err(p) => p.into_inner().clone(),
-            };
-            http::bearer(&token).ok_or(ApiError::Local(LocalError::TokenNotAHeader))?
-        };
+        let url = self.url(&["v1", "datasets", dataset.as_str(), "process"])?;
+        let auth = self.auth()?;
+        let subject = format!("dataset {dataset}");
         let response = self
             .http
             .post(url)
@@ -184,19 +268,11 @@ impl CozeClient {
             .json(&ProcessRequest { document_ids: ids })
             .send()
             .await
-            .map_err(|e| transport_error(dataset, &e))?;
+            .map_err(|e| transport_error(&subject, &e))?;
         let status = response.status().as_u16();
         let retry_after = http::header_text(&response, RETRY_AFTER.as_str());
         let header_logid = http::header_text(&response, "x-tt-logid");
-        let body = http::read_capped(response, MAX_BODY_BYTES)
-            .await
-            .map_err(|e| match e {
-                ReadError::TooLarge => ApiError::Transient {
-                    kind: TransientKind::InvalidBody,
-                    detail: format!("dataset {dataset}: answer larger than {MAX_BODY_BYTES} bytes"),
-                },
-                ReadError::Transport(e) => transport_error(dataset, &e),
-            })?;
+        let body = read_body(response, &subject).await?;
         classify(&Exchange {
             dataset,
             batch: ids,
@@ -208,7 +284,28 @@ impl CozeClient {
     }
 }
 
-fn transport_error(dataset: &DatasetId, e: &reqwest::Error) -> ApiError {
+/// An answer's body, at most [`MAX_BODY_BYTES`].
+async fn read_body(response: reqwest::Response, subject: &str) -> Result<Vec<u8>, ApiError> {
+    http::read_capped(response, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge => ApiError::Transient {
+                kind: TransientKind::InvalidBody,
+                detail: format!("{subject}: answer larger than {MAX_BODY_BYTES} bytes"),
+            },
+            ReadError::Transport(e) => transport_error(subject, &e),
+        })
+}
+
+/// An answer that is a Coze answer but not of the expected shape: transient (ask again).
+fn invalid(subject: &str, detail: String) -> ApiError {
+    ApiError::Transient {
+        kind: TransientKind::InvalidBody,
+        detail: format!("{subject}: {detail}"),
+    }
+}
+
+fn transport_error(subject: &str, e: &reqwest::Error) -> ApiError {
     let kind = match TransportKind::of(e) {
         TransportKind::Timeout => TransientKind::Timeout,
         TransportKind::Connect => TransientKind::Connect,
@@ -216,6 +313,6 @@ fn transport_error(dataset: &DatasetId, e: &reqwest::Error) -> ApiError {
     };
     ApiError::Transient {
         kind,
-        detail: format!("dataset {dataset}: {}", http::error_chain(e)),
+        detail: format!("{subject}: {}", http::error_chain(e)),
     }
 }

@@ -12,10 +12,33 @@ use thiserror::Error;
 use super::wire::{DocumentProgress, Envelope};
 use crate::ids::DatasetId;
 
+/// Which endpoint a request went to: what permission it needs, for the message of a 4101.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Process,
+    ListDatasets,
+    ListDocuments,
+    CreateDocuments,
+}
+
+impl Endpoint {
+    /// The token permission the endpoint needs.
+    pub fn permission(self) -> &'static str {
+        match self {
+            Endpoint::Process => "readDocumentProgress",
+            Endpoint::ListDatasets => "listKnowledge",
+            Endpoint::ListDocuments => "listDocument",
+            Endpoint::CreateDocuments => "createDocument",
+        }
+    }
+}
+
 /// What the server said, for messages: HTTP status, body code and msg, log id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
-    pub dataset: DatasetId,
+    pub endpoint: Endpoint,
+    /// What the request was about: `dataset 123` or `space 456`.
+    pub subject: String,
     pub http: u16,
     pub code: Option<i64>,
     pub msg: String,
@@ -24,7 +47,7 @@ pub struct Reply {
 
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "dataset {}: HTTP {}", self.dataset, self.http)?;
+        write!(f, "{}: HTTP {}", self.subject, self.http)?;
         if let Some(code) = self.code {
             write!(f, ", code {code}")?;
         }
@@ -77,9 +100,10 @@ pub enum ApiError {
     )]
     Auth(Box<Reply>),
     #[error(
-        "the token lacks the readDocumentProgress permission or access to the dataset's space ({0})"
+        "the token lacks the {permission} permission or access to the space ({reply})",
+        permission = reply.endpoint.permission()
     )]
-    Permission(Box<Reply>),
+    Permission { reply: Box<Reply> },
     #[error("dataset not found ({0})")]
     DatasetNotFound(Box<Reply>),
     #[error("rate limited ({reply}){}", retry_after_text(*.retry_after))]
@@ -123,7 +147,7 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self {
             ApiError::Auth(_) => "auth",
-            ApiError::Permission(_) => "permission",
+            ApiError::Permission { .. } => "permission",
             ApiError::DatasetNotFound(_) => "dataset_not_found",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::BadRequest { .. } => "bad_request",
@@ -135,9 +159,9 @@ impl ApiError {
     /// The log id the server gave, if any.
     pub fn logid(&self) -> Option<&str> {
         match self {
-            ApiError::Auth(r) | ApiError::Permission(r) | ApiError::DatasetNotFound(r) => {
-                r.logid.as_deref()
-            }
+            ApiError::Auth(r)
+            | ApiError::Permission { reply: r }
+            | ApiError::DatasetNotFound(r) => r.logid.as_deref(),
             ApiError::RateLimited { reply, .. } | ApiError::BadRequest { reply, .. } => {
                 reply.logid.as_deref()
             }
@@ -192,36 +216,127 @@ pub fn classify(x: &Exchange<'_>) -> Result<Answer, ApiError> {
         ),
     };
     let reply = Reply {
-        dataset: x.dataset.clone(),
+        endpoint: Endpoint::Process,
+        subject: format!("dataset {}", x.dataset),
         http: x.http,
         code,
         msg,
         logid,
     };
-    let ok_http = (200..300).contains(&x.http);
-    match (code, docs) {
-        (Some(0), Some(docs)) if ok_http => Ok(Answer {
-            documents: docs.unwrap_or_default(),
-            logid: reply.logid,
-        }),
-        (Some(c), _) if c != 0 && by_code(c).is_some() => Err(build(by_code(c), reply, x)),
-        (None, None) if ok_http => Err(ApiError::Transient {
+    let bad = BadRequestContext {
+        batch_len: x.batch.len(),
+        first_id: x.batch.first().map(|d| d.to_string()).unwrap_or_default(),
+    };
+    let parsed = docs.is_some();
+    let reply = judge(reply, parsed, x.retry_after, bad)?;
+    Ok(Answer {
+        documents: docs.flatten().unwrap_or_default(),
+        logid: reply.logid,
+    })
+}
+
+/// One exchange with a listing or create endpoint.
+pub struct ListExchange<'a> {
+    pub endpoint: Endpoint,
+    /// `dataset 123` or `space 456`.
+    pub subject: &'a str,
+    pub http: u16,
+    pub retry_after: Option<&'a str>,
+    pub header_logid: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// A listing's answer as JSON (the caller reads its shape) and its log id, or the classified
+/// error, by the same rules as [`classify`].
+pub fn classify_listing(
+    x: &ListExchange<'_>,
+) -> Result<(serde_json::Value, Option<String>), ApiError> {
+    if (300..400).contains(&x.http) {
+        return Err(ApiError::Transient {
+            kind: TransientKind::Redirect,
+            detail: format!("{}: HTTP {}", x.subject, x.http),
+        });
+    }
+    let parsed: Result<serde_json::Value, _> = serde_json::from_slice(x.body);
+    let (code, msg, logid, value) = match parsed {
+        Ok(v) if v.is_object() => {
+            let logid = v["detail"]["logid"]
+                .as_str()
+                .filter(|l| !l.is_empty())
+                .or(x.header_logid)
+                .map(str::to_string);
+            let msg = v["msg"].as_str().unwrap_or_default().to_string();
+            (v["code"].as_i64(), msg, logid, Some(v))
+        }
+        Ok(_) => (
+            None,
+            "not a JSON object".into(),
+            x.header_logid.map(str::to_string),
+            None,
+        ),
+        Err(err) => (
+            None,
+            invalid_body_text(&err, x.body.len()),
+            x.header_logid.map(str::to_string),
+            None,
+        ),
+    };
+    let reply = Reply {
+        endpoint: x.endpoint,
+        subject: x.subject.to_string(),
+        http: x.http,
+        code,
+        msg,
+        logid,
+    };
+    let reply = judge(
+        reply,
+        value.is_some(),
+        x.retry_after,
+        BadRequestContext::default(),
+    )?;
+    Ok((value.unwrap_or_default(), reply.logid))
+}
+
+/// What a 400 names: the batch it refused (empty for a listing).
+#[derive(Default)]
+struct BadRequestContext {
+    batch_len: usize,
+    first_id: String,
+}
+
+/// The shared rule: a known non-zero `code` decides whatever the HTTP status; otherwise the
+/// status decides. `parsed`: the body was a Coze answer of the expected shape.
+fn judge(
+    reply: Reply,
+    parsed: bool,
+    retry_after: Option<&str>,
+    bad: BadRequestContext,
+) -> Result<Reply, ApiError> {
+    let ok_http = (200..300).contains(&reply.http);
+    match reply.code {
+        Some(0) if parsed && ok_http => Ok(reply),
+        Some(c) if c != 0 && by_code(c).is_some() => {
+            Err(build(by_code(c), reply, retry_after, bad))
+        }
+        None if ok_http && !parsed => Err(ApiError::Transient {
             kind: TransientKind::InvalidBody,
             detail: reply.to_string(),
         }),
-        (None, Some(_)) if ok_http => Err(ApiError::Transient {
+        None if ok_http => Err(ApiError::Transient {
             kind: TransientKind::InvalidBody,
             detail: format!("{reply}: no `code` in the answer"),
         }),
-        (_, docs) if !ok_http => {
+        _ if !ok_http => {
             // A 404 without a Coze JSON body is a wrong base_url or a proxy, not a dataset.
-            if x.http == 404 && docs.is_none() {
+            if reply.http == 404 && !parsed {
                 return Err(ApiError::Transient {
                     kind: TransientKind::InvalidBody,
                     detail: format!("{reply}: HTTP 404 without a Coze answer (is base_url right?)"),
                 });
             }
-            Err(build(by_http(x.http), reply, x))
+            let class = by_http(reply.http);
+            Err(build(class, reply, retry_after, bad))
         }
         _ => Err(ApiError::Transient {
             kind: TransientKind::UnexpectedCode,
@@ -264,20 +379,25 @@ fn by_http(status: u16) -> Option<Class> {
     })
 }
 
-fn build(class: Option<Class>, reply: Reply, x: &Exchange<'_>) -> ApiError {
+fn build(
+    class: Option<Class>,
+    reply: Reply,
+    retry_after: Option<&str>,
+    bad: BadRequestContext,
+) -> ApiError {
     let reply = Box::new(reply);
     match class {
         Some(Class::Auth) => ApiError::Auth(reply),
-        Some(Class::Permission) => ApiError::Permission(reply),
+        Some(Class::Permission) => ApiError::Permission { reply },
         Some(Class::NotFound) => ApiError::DatasetNotFound(reply),
         Some(Class::RateLimited) => ApiError::RateLimited {
             reply,
-            retry_after: x.retry_after.and_then(crate::http::parse_retry_after),
+            retry_after: retry_after.and_then(crate::http::parse_retry_after),
         },
         Some(Class::BadRequest) => ApiError::BadRequest {
             reply,
-            batch_len: x.batch.len(),
-            first_id: x.batch.first().map(|d| d.to_string()).unwrap_or_default(),
+            batch_len: bad.batch_len,
+            first_id: bad.first_id,
         },
         Some(Class::Server) => ApiError::Transient {
             kind: TransientKind::Server,

@@ -7,8 +7,10 @@
 pub mod client;
 pub mod error;
 pub mod limiter;
+pub mod listing;
 pub mod wire;
 
 pub use client::{BatchOutcome, ClientSettings, CozeClient};
-pub use error::{Answer, ApiError, LocalError, TransientKind};
+pub use error::{Answer, ApiError, Endpoint, LocalError, TransientKind};
+pub use listing::{DatasetInfo, DatasetPage, DocumentInfo, DocumentPage};
 pub use wire::{DocumentProgress, DocumentStatus};

@@ -5,29 +5,115 @@
 //! Reads only the index, never the rows, and allocates nothing per stored row, so a restart
 //! with 100,000 stored documents stays quick.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use super::engine::Engine;
 use super::persist::Hot;
-use crate::config::WatchList;
+use crate::config::{WatchList, WatchedDocument};
 use crate::ids::{DatasetId, DocumentId};
 use crate::schedule::DatasetSchedule;
+use crate::store::RuntimeEntry;
 use crate::tracker::Lifecycle;
 use crate::wall::UnixMs;
 
+/// The config's watch list with the run-time entries merged in. An entry in both keeps the
+/// config's labels and notifiers.
+pub(super) fn effective(config: &WatchList, runtime: &[RuntimeEntry]) -> WatchList {
+    let mut w = config.clone();
+    for e in runtime {
+        let rule = WatchedDocument {
+            labels: Arc::new(e.labels.clone()),
+            notify: e.notify.clone().map(Arc::from),
+        };
+        match &e.document {
+            Some(doc) => {
+                w.datasets
+                    .entry(e.dataset.clone())
+                    .or_default()
+                    .entry(doc.clone())
+                    .or_insert(rule);
+            }
+            None => {
+                w.all_of.entry(e.dataset.clone()).or_insert(rule);
+            }
+        }
+    }
+    w
+}
+
 impl Engine {
+    /// The effective watch list from the config and the run-time entries; `/status` sees it.
+    pub(super) fn rebuild_watch_list(&mut self) {
+        self.watch_list = Arc::new(effective(&self.config.watch, &self.runtime));
+        if let Ok(mut w) = self.watch.write() {
+            *w = self.watch_list.clone();
+        }
+    }
+
+    /// Reads the run-time entries again (after `watch add/remove` or `POST /v1/watch`) and,
+    /// when they changed, starts and stops what they name.
+    pub(super) async fn refresh_runtime(&mut self) {
+        let entries = match self.store.read_long(|s| s.watch_entries()).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the run-time watch list");
+                return;
+            }
+        };
+        if entries == self.runtime {
+            return;
+        }
+        tracing::info!(entries = entries.len(), "run-time watch list changed");
+        self.runtime = entries;
+        self.rebuild_watch_list();
+        self.resync(false).await;
+    }
+
+    /// At start: the run-time entries, what discovery knows, and the documents to poll.
+    pub(super) async fn start(&mut self) {
+        self.runtime = match self.store.read_long(|s| s.watch_entries()).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the run-time watch list");
+                Vec::new()
+            }
+        };
+        self.rebuild_watch_list();
+        self.resync(true).await;
+    }
+
+    /// Starts and stops scopes and documents after the watch list changed (`first`: at start,
+    /// when stored schedules are resumed).
+    pub(super) async fn resync(&mut self, first: bool) {
+        let mut stored = match self.store.read_long(|s| s.load_scopes()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read what discovery knows");
+                Default::default()
+            }
+        };
+        self.sync_scopes(&mut stored);
+        self.adopt_watch_list(first).await;
+    }
+
     /// Starts watching every document of the config that is not terminal in the store, and
     /// stops polling documents no longer listed (their history stays). Reads only the
     /// store's key-and-state index, merged with the (sorted) watch list; documents never seen
     /// before are recorded as new.
     pub(super) async fn adopt_watch_list(&mut self, first: bool) {
-        let watch = self.config.watch.clone();
+        let watch = self.watch_list.clone();
+        let covered: HashSet<String> = self
+            .covered_datasets()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
         let sorted = self
             .store
             .read_long(move |s| {
-                let mut merge = Adoption::new(&watch);
+                let mut merge = Adoption::new(&watch, &covered);
                 s.for_each_document_state(|ds, doc, state| merge.stored(ds, doc, state))?;
                 Ok(merge.finish())
             })
@@ -102,6 +188,8 @@ impl Engine {
 /// row, so a restart with 100,000 stored documents stays quick.
 struct Adoption<'a> {
     listed: std::iter::Peekable<Box<dyn Iterator<Item = (&'a DatasetId, &'a DocumentId)> + 'a>>,
+    /// Knowledge bases watched whole: their stored live documents are live too.
+    covered: &'a HashSet<String>,
     live: Vec<(DatasetId, Vec<DocumentId>)>,
     fresh: Vec<(DatasetId, DocumentId)>,
 }
@@ -115,7 +203,7 @@ struct Adopted {
 }
 
 impl<'a> Adoption<'a> {
-    fn new(watch: &'a WatchList) -> Self {
+    fn new(watch: &'a WatchList, covered: &'a HashSet<String>) -> Self {
         let listed: Box<dyn Iterator<Item = (&'a DatasetId, &'a DocumentId)> + 'a> = Box::new(
             watch
                 .datasets
@@ -123,6 +211,7 @@ impl<'a> Adoption<'a> {
                 .flat_map(|(ds, docs)| docs.keys().map(move |d| (ds, d))),
         );
         Adoption {
+            covered,
             listed: listed.peekable(),
             live: Vec::new(),
             fresh: Vec::new(),
@@ -153,9 +242,13 @@ impl<'a> Adoption<'a> {
                     self.listed.next();
                     return;
                 }
-                // Stored, no longer listed.
-                std::cmp::Ordering::Greater => return,
+                std::cmp::Ordering::Greater => break,
             }
+        }
+        // Stored, not listed one by one: live if its knowledge base is watched whole
+        // (discovered documents), else no longer watched.
+        if !state.is_terminal() && self.covered.contains(ds) {
+            self.add_live(&DatasetId::new(ds), &DocumentId::new(doc));
         }
     }
 
@@ -204,7 +297,8 @@ mod tests {
     #[test]
     fn adoption_merges_the_watch_list_with_the_stored_states() {
         let w = watch(&[("1", &["a", "b", "c"]), ("2", &["x"]), ("3", &["y"])]);
-        let mut m = Adoption::new(&w);
+        let covered = HashSet::new();
+        let mut m = Adoption::new(&w, &covered);
         // In key order: a stored document no longer listed ("0"/"z", "1"/"bb") is skipped.
         m.stored("0", "z", Lifecycle::Watching);
         m.stored("1", "a", Lifecycle::Completed);

@@ -14,6 +14,7 @@ use rand::{RngExt, SeedableRng};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::discovery::{Discovery, DiscoveryResult};
 use super::persist::{Hot, Recent, worth_storing};
 use super::{
     ExtraNotifier, NEVER, PRUNE_EVERY, Policies, RunContext, SHUTDOWN_GRACE, sd_notify_state,
@@ -50,6 +51,11 @@ pub(super) struct Engine {
     pub(super) queue: DueQueue,
     pub(super) in_flight: HashSet<DatasetId>,
     pub(super) rng: StdRng,
+    /// The config's watch list with the run-time entries merged in: what is watched.
+    pub(super) watch_list: Arc<WatchList>,
+    /// The run-time entries (`watch add`, `POST /v1/watch`), as last read from the store.
+    pub(super) runtime: Vec<crate::store::RuntimeEntry>,
+    pub(super) discovery: Discovery,
 }
 
 /// What a poll task found: the report, and which of its steps to write.
@@ -93,6 +99,9 @@ impl Engine {
             queue: DueQueue::default(),
             in_flight: HashSet::new(),
             rng: StdRng::from_rng(&mut rand::rng()),
+            watch_list: Arc::default(),
+            runtime: Vec::new(),
+            discovery: Discovery::default(),
         }
     }
 
@@ -104,11 +113,13 @@ impl Engine {
     pub(super) async fn run_loop(
         &mut self,
         ctx: &mut RunContext,
+        changes: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
         verify: &mut tokio::task::JoinHandle<Result<(), StoreError>>,
     ) -> Option<StoreError> {
         let mut verified = false;
         let mut unusable = None;
         let mut polls: JoinSet<PollResult> = JoinSet::new();
+        let mut listings: JoinSet<DiscoveryResult> = JoinSet::new();
         // Timers live across iterations and are reset only when their deadline changes:
         // re-creating them on every wake-up costs more than the wake-up itself.
         let prune = tokio::time::sleep(PRUNE_EVERY);
@@ -122,12 +133,18 @@ impl Engine {
         loop {
             ctx.wakeups.fetch_add(1, Ordering::Relaxed);
             self.start_due_polls(&mut polls);
+            self.start_due_discoveries(&mut listings);
             // With every request slot busy, the next wake-up is a poll finishing, not a due
             // time that has already passed.
-            let next = if self.in_flight.len() >= self.config.api.limits.max_concurrent_requests {
-                None
-            } else {
-                self.next_due()
+            let polls_next =
+                if self.in_flight.len() >= self.config.api.limits.max_concurrent_requests {
+                    None
+                } else {
+                    self.next_due()
+                };
+            let next = match (polls_next, self.discovery.next_due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
             if next != due_at {
                 due.as_mut()
@@ -154,8 +171,17 @@ impl Engine {
                     Ok(done) => self.finish_poll(done).await,
                     Err(e) => tracing::error!(error = %e, "a poll task failed"),
                 },
+                Some(done) = listings.join_next() => match done {
+                    Ok(done) => self.finish_discovery(done).await,
+                    Err(e) => tracing::error!(error = %e, "a discovery task failed"),
+                },
                 Some(()) = ctx.reload.recv() => self.reload().await,
-                Some(()) = ctx.nudge.recv() => self.dispatch.wake(),
+                // SIGUSR1 (`deliveries --retry`, `watch add/remove`): look at the store.
+                Some(()) = ctx.nudge.recv() => {
+                    self.dispatch.wake();
+                    self.refresh_runtime().await;
+                }
+                Some(()) = changes.recv() => self.refresh_runtime().await,
                 _ = &mut ping, if watchdog.is_some() => {
                     self.watchdog_ping().await;
                     ping.as_mut().reset(Instant::now() + watchdog.unwrap_or(NEVER));
@@ -172,6 +198,7 @@ impl Engine {
             }
         }
         tracing::info!(in_flight = polls.len(), "shutting down");
+        listings.abort_all();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         while !polls.is_empty() {
             tokio::select! {
@@ -362,7 +389,7 @@ impl Engine {
                 m.api_error(e.kind());
                 let auth = matches!(
                     e,
-                    ApiError::Auth(_) | ApiError::Permission(_) | ApiError::Local(_)
+                    ApiError::Auth(_) | ApiError::Permission { .. } | ApiError::Local(_)
                 );
                 m.health.poll_failed(ds, e.to_string(), auth);
             }
@@ -391,11 +418,9 @@ impl Engine {
         for step in &report.steps {
             let doc = &step.state;
             let watched = self
-                .config
-                .watch
-                .datasets
-                .get(&doc.dataset_id)
-                .and_then(|m| m.get(&doc.document_id));
+                .watch_list
+                .rule(&doc.dataset_id, &doc.document_id)
+                .or_else(|| self.discovery.rule(&doc.dataset_id));
             let labels = watched.map(|w| w.labels.clone()).unwrap_or_default();
             for draft in &step.events {
                 let notifiers =

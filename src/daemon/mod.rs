@@ -13,6 +13,7 @@
 //! store; `reload` SIGHUP.
 
 mod adopt;
+mod discovery;
 mod engine;
 mod persist;
 mod reload;
@@ -106,12 +107,19 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
     let client = CozeClient::new(ClientSettings::from(&config.api))?;
     let metrics = Arc::new(Metrics::new());
     let watch = Arc::new(RwLock::new(config.watch.clone()));
+    // The ops endpoint's run-time watch-list changes, to the run loop.
+    let (changes_tx, mut changes) = mpsc::unbounded_channel();
     let ops = match config.http.as_ref() {
         Some(http) => {
             let state = OpsState {
                 metrics: metrics.clone(),
                 store: store.clone(),
                 watch: watch.clone(),
+                writes: http.api_token.clone().map(|token| crate::ops::Writes {
+                    token,
+                    notifiers: config.notifiers.iter().map(|n| n.name.clone()).collect(),
+                    changed: changes_tx.clone(),
+                }),
             };
             Some(
                 crate::ops::serve(http.listen, state, ctx.shutdown.clone())
@@ -137,7 +145,7 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
         extra,
     );
     engine.sweep_removed_notifiers().await;
-    engine.adopt_watch_list(true).await;
+    engine.start().await;
     let dispatcher_task = tokio::spawn(dispatcher.run(ctx.shutdown.clone(), SHUTDOWN_GRACE));
     let on_ready = std::mem::replace(&mut ctx.on_ready, Box::new(|| {}));
     on_ready();
@@ -149,12 +157,14 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
         tokio::task::spawn_blocking(move || Store::open_read_only(&verify_dir)?.verify());
     engine.prune().await;
     tracing::info!(
-        datasets = engine.config.watch.datasets.len(),
-        documents = engine.config.watch.document_count(),
+        datasets = engine.watch_list.datasets.len(),
+        documents = engine.watch_list.document_count(),
+        whole_knowledge_bases = engine.watch_list.all_of.len(),
+        spaces = engine.watch_list.spaces.len(),
         live = engine.live_count(),
         "watching"
     );
-    let unusable = engine.run_loop(&mut ctx, &mut verify).await;
+    let unusable = engine.run_loop(&mut ctx, &mut changes, &mut verify).await;
     // Stops the dispatcher and the ops endpoint too when the loop stopped by itself.
     ctx.shutdown.cancel();
     sd_notify_state(&[sd_notify::NotifyState::Stopping]);

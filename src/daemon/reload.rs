@@ -6,8 +6,30 @@ use super::engine::Engine;
 use super::{Policies, notifiers, sd_notify_state};
 use crate::config::{self, Mode};
 use crate::coze::{ClientSettings, CozeClient};
+use crate::status::{LAST_RELOAD, ReloadOutcome};
+use crate::wall::UnixMs;
 
 impl Engine {
+    /// Makes a reload's outcome visible outside the journal: the store (for `status` and
+    /// `/status`) and `/metrics`.
+    async fn record_reload(&mut self, error: Option<String>) {
+        let now = UnixMs::now();
+        let outcome = ReloadOutcome {
+            at: now.rfc3339_seconds(),
+            ok: error.is_none(),
+            error,
+        };
+        self.metrics.reloaded(outcome.ok, now);
+        let text = serde_json::to_string(&outcome).unwrap_or_else(|_| "{}".into());
+        if let Err(e) = self
+            .store
+            .write(move |s| s.set_meta(LAST_RELOAD, &text, now))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the reload's outcome");
+        }
+    }
+
     /// Tells systemd RELOADING=1 (with MONOTONIC_USEC) before and READY=1 after, either way.
     pub(super) async fn reload(&mut self) {
         let mut reloading = vec![sd_notify::NotifyState::Reloading];
@@ -35,10 +57,13 @@ impl Engine {
                     errors = diags.errors.len(),
                     "reload failed; keeping the running config"
                 );
+                let text: Vec<String> = diags.errors.iter().map(ToString::to_string).collect();
+                self.record_reload(Some(text.join("; "))).await;
                 return;
             }
             Err(e) => {
                 tracing::error!(error = %e, "reload failed; keeping the running config");
+                self.record_reload(Some(e.to_string())).await;
                 return;
             }
         };
@@ -58,16 +83,15 @@ impl Engine {
             self.client.set_token(new.api.token.clone());
         }
         self.config = new;
-        if let Ok(mut w) = self.watch.write() {
-            *w = self.config.watch.clone();
-        }
+        self.rebuild_watch_list();
         self.policy = Policies::from(&self.config);
         self.dispatch
             .set_notifiers(notifiers(&self.config, &self.extra));
         self.sweep_removed_notifiers().await;
-        self.adopt_watch_list(false).await;
+        self.resync(false).await;
+        self.record_reload(None).await;
         tracing::info!(
-            datasets = self.config.watch.datasets.len(),
+            datasets = self.watch_list.datasets.len(),
             live = self.live_count(),
             "config reloaded"
         );

@@ -181,7 +181,7 @@ impl TryFrom<Row> for DocState {
     }
 }
 
-const INSERT_NEW_DOCUMENT: &str =
+pub(super) const INSERT_NEW_DOCUMENT: &str =
     "INSERT INTO documents (dataset_id, document_id, state, data, updated_at)
      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (dataset_id, document_id) DO NOTHING";
 pub(super) const UPSERT_DOCUMENT: &str =

@@ -21,19 +21,22 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 use thiserror::Error;
 
+pub mod discovery;
 pub mod documents;
+pub mod entries;
 mod handle;
 mod lock;
 pub mod outbox;
 mod schema;
 
 pub use documents::{Stored, StoredSchedule};
+pub use entries::RuntimeEntry;
 pub use handle::StoreHandle;
 pub use lock::{DirLock, daemon_pid, ensure_dir};
 pub use outbox::{Delivery, DeliveryRow, DeliveryUpdate, NewEvent, RecordedAttempt};
 
 /// The schema this build writes. Older stores are migrated; newer ones refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 pub const DB_FILE: &str = "coze-watch.db";
 pub const LOCK_FILE: &str = "coze-watch.lock";
 

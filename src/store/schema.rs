@@ -52,6 +52,29 @@ CREATE INDEX deliveries_queue ON deliveries (status, notifier, next_attempt_at);
 CREATE INDEX documents_state ON documents (dataset_id, document_id, state);
 ";
 
+/// Version 3: the run-time watch list (`watch add`, `POST /v1/watch`), what discovery knows of
+/// each space and `documents: all` knowledge base (so a restart never re-baselines), and small
+/// facts such as the last reload's outcome.
+const SCHEMA_V3: &str = "
+CREATE TABLE watch_entries (
+    dataset_id  TEXT NOT NULL,
+    document_id TEXT NOT NULL,
+    data        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (dataset_id, document_id)
+);
+CREATE TABLE discovery (
+    scope      TEXT PRIMARY KEY,
+    data       TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE meta (
+    key        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+";
+
 impl Store {
     /// Checks the whole file (`PRAGMA quick_check`): a damaged page anywhere makes it
     /// `Corrupt`. It reads every page (~0.2 s for 100,000 documents), so the daemon runs it
@@ -115,6 +138,10 @@ impl Store {
         }
         if version < 2 {
             tx.execute_batch(SCHEMA_V2)
+                .map_err(|e| classify(&path, e))?;
+        }
+        if version < 3 {
+            tx.execute_batch(SCHEMA_V3)
                 .map_err(|e| classify(&path, e))?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)

@@ -214,11 +214,11 @@ fn resolve(ctx: &mut Ctx<'_>, src: &Source, mut raw: RawConfig) -> Config {
     let notifiers = resolve_notifiers(ctx, src, &root.key("notifiers"), &raw.notifiers);
     let names: BTreeSet<String> = notifiers.iter().map(|n| n.name.clone()).collect();
     let watch = resolve_watch_list(ctx, src, &mut raw, &names);
-    if watch.datasets.is_empty() {
+    if watch.datasets.is_empty() && !watch.discovers() {
         ctx.warn(
             src,
             &root,
-            "nothing to watch: `watch` and `include` list no documents",
+            "nothing to watch: `watch` and `include` list no documents (documents can also be added at run time with `coze-watch watch add`)",
         );
     }
     Config {
@@ -334,7 +334,20 @@ fn resolve_api(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawApi) ->
         1..=64,
         d.max_concurrent_requests as u64,
     ) as usize;
+    let flavor = match raw.flavor.as_deref() {
+        None | Some("cloud") => Flavor::Cloud,
+        Some("studio") => Flavor::Studio,
+        Some(other) => {
+            ctx.error(
+                src,
+                &path.key("flavor"),
+                format!("unknown flavor {other:?} (cloud or studio)"),
+            );
+            Flavor::Cloud
+        }
+    };
     ApiConfig {
+        flavor,
         base_url,
         token_source,
         token,
@@ -425,7 +438,21 @@ fn resolve_poll(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawPoll) 
         1..=100,
         u64::from(d.progress_step),
     ) as u8;
+    let discover_interval = ctx.positive_duration(
+        src,
+        &path.key("discover_interval"),
+        raw.discover_interval.as_ref(),
+        d.discover_interval,
+    );
+    let relist_interval = ctx.positive_duration(
+        src,
+        &path.key("relist_interval"),
+        raw.relist_interval.as_ref(),
+        d.relist_interval,
+    );
     PollConfig {
+        discover_interval,
+        relist_interval,
         min_interval,
         max_interval,
         jitter,
@@ -577,10 +604,54 @@ fn resolve_http(
             format!("{listen} is not a loopback address; set allow_remote: true to expose it"),
         );
     }
+    let api_token = match (&raw.api_token_env, &raw.api_token_file) {
+        (Some(_), Some(_)) => {
+            ctx.error(
+                src,
+                &path.key("api_token_file"),
+                "set either api_token_env or api_token_file, not both",
+            );
+            None
+        }
+        (Some(name), None) => http_token(
+            ctx,
+            src,
+            &path.key("api_token_env"),
+            TokenSource::Env(name.clone()),
+        ),
+        (None, Some(file)) => ctx
+            .string(src, &path.key("api_token_file"), file)
+            .and_then(|f| {
+                http_token(
+                    ctx,
+                    src,
+                    &path.key("api_token_file"),
+                    TokenSource::File(f.into()),
+                )
+            }),
+        (None, None) => None,
+    };
     Some(HttpConfig {
         listen,
         allow_remote: raw.allow_remote,
+        api_token,
     })
+}
+
+/// The bearer token of the ops endpoint's write routes.
+fn http_token(
+    ctx: &mut Ctx<'_>,
+    src: &Source,
+    path: &KeyPath,
+    source: TokenSource,
+) -> Option<Secret> {
+    match source.read(ctx.env) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            ctx.env_problem(src, path, format!("no ops API token: {e}"));
+            None
+        }
+    }
 }
 
 fn resolve_log(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawLog) -> LogConfig {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::super::error::{KeyPath, Source, locate};
-use super::super::raw::{RawConfig, RawWatch, RawWatchFile};
+use super::super::raw::{RawConfig, RawDocuments, RawId, RawWatch, RawWatchFile};
 use super::super::*;
 use super::{Ctx, read_source};
 
@@ -33,6 +33,8 @@ impl Origin {
 #[derive(Default)]
 struct WatchBuilder {
     datasets: BTreeMap<DatasetId, BTreeMap<DocumentId, (WatchedDocument, u32, u32)>>,
+    all_of: BTreeMap<DatasetId, WatchedDocument>,
+    spaces: Vec<SpaceWatch>,
     /// Per watch entry: its file and key path.
     entries: Vec<(PathBuf, KeyPath)>,
 }
@@ -55,6 +57,8 @@ impl WatchBuilder {
                 .filter(|(_, docs)| !docs.is_empty())
                 .map(|(ds, docs)| (ds, docs.into_iter().map(|(d, (w, _, _))| (d, w)).collect()))
                 .collect(),
+            all_of: self.all_of,
+            spaces: self.spaces,
         }
     }
 }
@@ -148,17 +152,35 @@ fn add_watch_entry(
     notifiers: &BTreeSet<String>,
     list: &mut WatchBuilder,
 ) {
-    let dataset = ctx
-        .string(src, &path.key("dataset"), &entry.dataset.0)
-        .and_then(|d| check_id(ctx, src, &|| path.key("dataset"), d))
-        .map(DatasetId::new);
+    let rule = resolve_rule(ctx, src, path, &entry, notifiers);
+    match (&entry.dataset, &entry.space) {
+        (Some(_), Some(_)) => {
+            ctx.error(
+                src,
+                &path.key("space"),
+                "an entry names either a `dataset` or a `space`, not both",
+            );
+        }
+        (None, None) => ctx.error(src, path, "an entry needs a `dataset` or a `space`"),
+        (None, Some(space)) => add_space(ctx, src, path, space.clone(), &entry, rule, list),
+        (Some(dataset), None) => add_dataset(ctx, src, path, dataset.clone(), entry, rule, list),
+    }
+}
+
+/// The labels and notifiers an entry gives its documents.
+fn resolve_rule(
+    ctx: &mut Ctx<'_>,
+    src: &Source,
+    path: &KeyPath,
+    entry: &RawWatch,
+    notifiers: &BTreeSet<String>,
+) -> WatchedDocument {
     let mut labels = BTreeMap::new();
     for (k, v) in &entry.labels {
         if let Some(v) = ctx.string(src, &path.key("labels").key(k), v) {
             labels.insert(k.clone(), v);
         }
     }
-    let labels = std::sync::Arc::new(labels);
     let notify = entry.notify.as_ref().map(|names| {
         for (i, n) in names.iter().enumerate() {
             if !notifiers.contains(n) {
@@ -171,32 +193,137 @@ fn add_watch_entry(
         }
         std::sync::Arc::<[String]>::from(names.clone())
     });
-    if entry.documents.is_empty() {
+    WatchedDocument {
+        labels: std::sync::Arc::new(labels),
+        notify,
+    }
+}
+
+fn add_space(
+    ctx: &mut Ctx<'_>,
+    src: &Source,
+    path: &KeyPath,
+    space: RawId,
+    entry: &RawWatch,
+    rule: WatchedDocument,
+    list: &mut WatchBuilder,
+) {
+    if entry.documents.is_some() {
+        ctx.error(
+            src,
+            &path.key("documents"),
+            "a `space` entry watches every document of its knowledge bases; use `datasets` or `exclude` to choose knowledge bases",
+        );
+    }
+    let space = ctx
+        .string(src, &path.key("space"), &space.0)
+        .and_then(|s| check_id(ctx, src, &|| path.key("space"), s));
+    let mut ids = |key: &'static str, raw: &Option<Vec<RawId>>| -> BTreeSet<DatasetId> {
+        let mut out = BTreeSet::new();
+        for (i, id) in raw.iter().flatten().enumerate() {
+            if let Some(id) = ctx.id(src, &|| path.key(key).index(i), id.0.clone()) {
+                out.insert(DatasetId::new(id));
+            }
+        }
+        out
+    };
+    let only = entry
+        .datasets
+        .is_some()
+        .then(|| ids("datasets", &entry.datasets));
+    let exclude = ids("exclude", &entry.exclude);
+    let Some(space) = space.map(SpaceId::new) else {
+        return;
+    };
+    if list.spaces.iter().any(|s| s.space == space) {
+        ctx.error(
+            src,
+            &path.key("space"),
+            format!("space {space} is listed twice"),
+        );
+        return;
+    }
+    list.spaces.push(SpaceWatch {
+        space,
+        only,
+        exclude,
+        rule,
+    });
+}
+
+fn add_dataset(
+    ctx: &mut Ctx<'_>,
+    src: &Source,
+    path: &KeyPath,
+    dataset: RawId,
+    entry: RawWatch,
+    rule: WatchedDocument,
+    list: &mut WatchBuilder,
+) {
+    for key in ["datasets", "exclude"] {
+        let present = if key == "datasets" {
+            entry.datasets.is_some()
+        } else {
+            entry.exclude.is_some()
+        };
+        if present {
+            ctx.error(
+                src,
+                &path.key(key),
+                format!("`{key}` belongs to a `space` entry"),
+            );
+        }
+    }
+    let dataset = ctx
+        .string(src, &path.key("dataset"), &dataset.0)
+        .and_then(|d| check_id(ctx, src, &|| path.key("dataset"), d))
+        .map(DatasetId::new);
+    let documents = match entry.documents {
+        Some(RawDocuments::All) => {
+            if let Some(ds) = dataset
+                && list.all_of.insert(ds.clone(), rule).is_some()
+            {
+                ctx.error(
+                    src,
+                    &path.key("documents"),
+                    format!("dataset {ds} is listed with `documents: all` twice"),
+                );
+            }
+            return;
+        }
+        Some(RawDocuments::Other(text)) => {
+            ctx.error(
+                src,
+                &path.key("documents"),
+                format!("{text:?} is not a list of document ids (write `documents: all` to watch every document)"),
+            );
+            return;
+        }
+        Some(RawDocuments::List(ids)) => ids,
+        None => Vec::new(),
+    };
+    if documents.is_empty() {
         ctx.warn(src, &path.key("documents"), "no documents listed");
     }
     let entry_no = list.entries.len() as u32;
     list.entries.push((src.file.clone(), path.clone()));
     let Some(dataset) = dataset else {
         // Still check the ids, so one run reports every problem.
-        for (i, doc) in entry.documents.into_iter().enumerate() {
+        for (i, doc) in documents.into_iter().enumerate() {
             ctx.id(src, &|| path.key("documents").index(i), doc.0);
         }
         return;
     };
     let mut duplicates = Vec::new();
     let docs = list.datasets.entry(dataset.clone()).or_default();
-    for (i, doc) in entry.documents.into_iter().enumerate() {
+    for (i, doc) in documents.into_iter().enumerate() {
         let doc_path = || path.key("documents").index(i);
         let Some(doc) = ctx.id(src, &doc_path, doc.0) else {
             continue;
         };
         match docs.entry(DocumentId::new(doc)) {
             std::collections::btree_map::Entry::Vacant(v) => {
-                let watched = WatchedDocument {
-                    labels: labels.clone(),
-                    notify: notify.clone(),
-                };
-                v.insert((watched, entry_no, i as u32));
+                v.insert((rule.clone(), entry_no, i as u32));
             }
             std::collections::btree_map::Entry::Occupied(o) => {
                 let (_, first_entry, first_index) = o.get();
