@@ -73,6 +73,7 @@ fn workload(a: &Args) -> Workload {
                 upload_spread: Duration::from_secs(10),
                 hints: Hints::Honest,
                 seed: 7,
+                space: None,
             },
         )
     } else if a.sparse {
@@ -87,6 +88,7 @@ fn workload(a: &Args) -> Workload {
                 upload_spread: Duration::from_secs(60),
                 hints: Hints::Honest,
                 seed: 7,
+                space: None,
             },
         )
     } else {
@@ -101,6 +103,7 @@ fn workload(a: &Args) -> Workload {
                 upload_spread: Duration::from_secs(60),
                 hints: Hints::Honest,
                 seed: 7,
+                space: None,
             },
         )
     };

@@ -41,6 +41,15 @@ pub fn render_summary(c: &Config) -> (String, Option<String>) {
             notifiers.join(", ")
         }
     ));
+    if c.watch.discovers() {
+        out.push_str(&format!(
+            "discovery:  {} whole knowledge base(s), {} space(s), listed every {}: at least {} requests/day (one per page)\n",
+            c.watch.all_of.len(),
+            c.watch.spaces.len(),
+            humantime::format_duration(c.poll.discover_interval),
+            c.discovery_requests_per_day()
+        ));
+    }
     out.push_str(&format!("state dir:  {}\n", c.state.dir.display()));
     let (capped, uncapped) = c.worst_case_requests_per_day();
     let mut line = format!("worst case: {capped} requests/day");

@@ -54,8 +54,14 @@ pub fn scenario() -> Scenario {
         hints: sim::Hints::Honest,
         faults: sim::Faults::default(),
         quota_per_second: None,
+        studio: false,
+        create_duration: std::time::Duration::from_secs(3),
         datasets: vec![SimDataset {
             id: DATASET.to_string(),
+            space: None,
+            name: None,
+            disabled: false,
+            volcano: false,
             documents: vec![
                 document(1, "quarterly-report.pdf", 6, SimOutcome::Completed, None),
                 document(2, "faq.docx", 11, SimOutcome::Completed, None),

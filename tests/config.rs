@@ -568,3 +568,51 @@ fn a_token_that_cannot_be_sent_as_a_header_is_a_config_error_that_never_shows_it
     assert!(text.contains("HTTP header"), "{text}");
     assert!(!text.contains("SECRETPART"), "{text}");
 }
+
+#[test]
+fn documents_all_and_space_entries_are_read_with_their_rules() {
+    let yaml = "watch:\n  - dataset: \"100\"\n    documents: all\n    labels: {team: kb}\n  - space: \"900\"\n    datasets: [\"1\", \"2\"]\n    exclude: [\"2\"]\n  - dataset: \"101\"\n    documents: [\"5\"]\n";
+    let c = Fixture::new().load(yaml).unwrap().config;
+    let all = &c.watch.all_of[&coze_watch::ids::DatasetId::new("100")];
+    assert_eq!(all.labels["team"], "kb");
+    let space = &c.watch.spaces[0];
+    assert!(space.covers(&coze_watch::ids::DatasetId::new("1")));
+    assert!(
+        !space.covers(&coze_watch::ids::DatasetId::new("2")),
+        "excluded"
+    );
+    assert!(
+        !space.covers(&coze_watch::ids::DatasetId::new("3")),
+        "not chosen"
+    );
+    assert_eq!(c.watch.document_count(), 1);
+    assert!(c.discovery_requests_per_day() >= 2 * 1440);
+}
+
+#[test]
+fn a_star_for_documents_gets_a_hint_and_ids_must_be_decimal() {
+    let e = Fixture::new().error("watch:\n  - dataset: \"100\"\n    documents: [\"*\"]\n");
+    assert_at(&e, "watch[0].documents[0]", 3, "documents: all");
+    let e = Fixture::new().error("watch:\n  - dataset: \"kb-1\"\n    documents: [\"1\"]\n");
+    assert_at(&e, "watch[0].dataset", 2, "decimal digits");
+    let e =
+        Fixture::new().error("watch:\n  - dataset: \"12345678901234567890\"\n    documents: all\n");
+    assert_at(&e, "watch[0].dataset", 2, "1 to 19 decimal digits");
+    let e = Fixture::new().error("watch:\n  - dataset: \"100\"\n    documents: everything\n");
+    assert!(e.to_string().contains("documents: all"), "{e}");
+}
+
+#[test]
+fn an_entry_names_a_dataset_or_a_space_and_keeps_its_own_keys() {
+    let e =
+        Fixture::new().error("watch:\n  - dataset: \"1\"\n    space: \"2\"\n    documents: all\n");
+    assert!(e.to_string().contains("not both"), "{e}");
+    let e = Fixture::new().error("watch:\n  - space: \"2\"\n    documents: [\"1\"]\n");
+    assert!(e.to_string().contains("`space` entry"), "{e}");
+    let e = Fixture::new()
+        .error("watch:\n  - dataset: \"1\"\n    exclude: [\"2\"]\n    documents: all\n");
+    assert!(e.to_string().contains("belongs to a `space` entry"), "{e}");
+    let e = Fixture::new()
+        .error("api:\n  flavor: onprem\nwatch:\n  - dataset: \"1\"\n    documents: all\n");
+    assert_at(&e, "api.flavor", 2, "cloud or studio");
+}

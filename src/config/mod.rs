@@ -519,6 +519,13 @@ pub struct WatchedDocument {
 }
 
 impl Config {
+    /// The fewest listing requests a day discovery makes: one per `documents: all` entry and
+    /// per space every `discover_interval` (more when a listing has several pages).
+    pub fn discovery_requests_per_day(&self) -> u64 {
+        let runs = (86_400.0 / self.poll.discover_interval.as_secs_f64().max(0.001)).ceil() as u64;
+        (self.watch.all_of.len() + self.watch.spaces.len()) as u64 * runs
+    }
+
     /// The most requests a day this config can make: every dataset polled at `min_interval`
     /// in `ceil(documents / max_ids_per_request)` batches, capped by the rate limit and the
     /// daily budget. Returns (capped, uncapped).
@@ -532,6 +539,7 @@ impl Config {
             .values()
             .map(|docs| docs.len().div_ceil(batch) as u64 * polls_per_day)
             .sum();
+        let uncapped = uncapped + self.discovery_requests_per_day();
         let by_rate = (self.api.limits.max_requests_per_second * day).floor() as u64;
         let mut capped = uncapped.min(by_rate);
         if let Some(budget) = self.api.limits.max_requests_per_day {

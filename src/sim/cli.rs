@@ -89,6 +89,12 @@ pub struct SimulateArgs {
     /// Fault: latency added to every answer, e.g. 300ms.
     #[arg(long, value_name = "DUR")]
     pub latency: Option<String>,
+    /// Generator: put every dataset in this space (served by `GET /v1/datasets`).
+    #[arg(long, value_name = "ID")]
+    pub space: Option<String>,
+    /// Serve like a self-hosted Coze Studio (document-list pages from 0).
+    #[arg(long)]
+    pub studio: bool,
     /// Enforce a Coze-like quota of this many requests per second (excess gets 429).
     #[arg(long, value_name = "RPS")]
     pub quota: Option<f64>,
@@ -110,6 +116,7 @@ pub async fn run(args: SimulateArgs) -> Result<ExitCode, SimulateError> {
     if let Some(h) = args.hints {
         scenario.hints = h;
     }
+    scenario.studio |= args.studio;
     apply_fault_flags(&args, &mut scenario)?;
     let handle = super::start(scenario.clone(), args.listen)
         .await
@@ -209,6 +216,7 @@ fn generator(args: &SimulateArgs) -> Result<Generator, SimulateError> {
         upload_spread,
         hints: args.hints.unwrap_or_default(),
         seed: args.seed.unwrap_or(1),
+        space: args.space.clone(),
     })
 }
 

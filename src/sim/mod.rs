@@ -6,6 +6,7 @@
 //! It injects faults on request and reports its counters and the truth (each document's real
 //! terminal time). It shares no state with the daemon: everything goes over HTTP.
 
+mod catalog;
 pub mod cli;
 pub mod scenario;
 mod server;
@@ -99,10 +100,10 @@ fn truth(s: &SimState) -> Value {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default(),
     );
-    let datasets: Vec<Value> = s
-        .scenario
+    let catalog = s.catalog.lock().unwrap_or_else(|p| p.into_inner());
+    let datasets: Vec<Value> = catalog
         .datasets
-        .iter()
+        .values()
         .map(|d| {
             let docs: Vec<Value> = d
                 .documents

@@ -26,7 +26,17 @@ pub struct Scenario {
     /// Enforce a per-space quota like Coze's (requests per second, burst 2): excess gets 429.
     #[serde(default)]
     pub quota_per_second: Option<f64>,
+    /// Serve like a self-hosted Coze Studio: document-list pages from 0.
+    #[serde(default)]
+    pub studio: bool,
+    /// How long documents created through the create endpoint take.
+    #[serde(default = "default_create_duration", with = "duration_text")]
+    pub create_duration: Duration,
     pub datasets: Vec<SimDataset>,
+}
+
+fn default_create_duration() -> Duration {
+    Duration::from_secs(3)
 }
 
 fn default_token() -> String {
@@ -60,10 +70,21 @@ impl std::str::FromStr for Hints {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimDataset {
     pub id: String,
+    /// The space `GET /v1/datasets` lists it in.
+    #[serde(default)]
+    pub space: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Listed as disabled (status 3).
+    #[serde(default)]
+    pub disabled: bool,
+    /// Listed as a Volcano-engine knowledge base (`dataset_type: "volcano"`).
+    #[serde(default)]
+    pub volcano: bool,
     pub documents: Vec<SimDocument>,
 }
 
@@ -134,6 +155,12 @@ pub struct Faults {
     /// HTTP 200 with code 5000.
     pub code_error_rate: f64,
     pub script: Vec<Injection>,
+    /// Listing endpoints answer 4101 (a token without `listKnowledge`/`listDocument`).
+    pub listing_denied: bool,
+    /// The create endpoint answers 4101 (a token without `createDocument`).
+    pub create_denied: bool,
+    /// The document list ignores the page number (every page is the first).
+    pub repeat_pages: bool,
 }
 
 /// One scripted answer.
@@ -255,6 +282,8 @@ pub struct Generator {
     pub upload_spread: Duration,
     pub hints: Hints,
     pub seed: u64,
+    /// Every dataset in this space (for discovery).
+    pub space: Option<String>,
 }
 
 /// Dataset ids start here; document ids at [`FIRST_DOCUMENT_ID`]. 19 digits, like Coze's.
@@ -268,6 +297,10 @@ pub fn generate(g: &Generator) -> Scenario {
     let datasets = (0..g.datasets)
         .map(|i| SimDataset {
             id: (FIRST_DATASET_ID + i as u64).to_string(),
+            space: g.space.clone(),
+            name: None,
+            disabled: false,
+            volcano: false,
             documents: (0..g.documents_per_dataset)
                 .map(|_| {
                     next_doc += 1;
@@ -297,6 +330,8 @@ pub fn generate(g: &Generator) -> Scenario {
         hints: g.hints,
         faults: Faults::default(),
         quota_per_second: None,
+        studio: false,
+        create_duration: default_create_duration(),
         datasets,
     }
 }
@@ -392,6 +427,7 @@ mod tests {
             max_duration: Duration::from_secs(5),
             upload_spread: Duration::from_secs(2),
             hints: Hints::Honest,
+            space: None,
             seed: 7,
         };
         let a = generate(&g);

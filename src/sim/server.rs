@@ -4,7 +4,7 @@
 //! Handlers only translate between HTTP and the scenario; what a document looks like at an
 //! instant is decided by `SimDocument::view_at`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::catalog::{self, Catalog};
 use super::scenario::{Faults, Hints, Injection, Scenario, SimDocument};
 use crate::coze::limiter::RateLimiter;
 
@@ -38,6 +39,12 @@ pub struct Stats {
     pub faults: u64,
     /// Document ids asked for, summed over requests.
     pub ids_requested: u64,
+    /// Requests to the listing endpoints (`/v1/datasets`, the document list).
+    #[serde(default)]
+    pub listings: u64,
+    /// Requests to the create endpoint.
+    #[serde(default)]
+    pub creates: u64,
     pub by_dataset: BTreeMap<String, u64>,
     pub by_http_status: BTreeMap<u16, u64>,
     /// The most recent requests, oldest first (at most [`RECENT_REQUESTS`]).
@@ -58,12 +65,12 @@ pub struct RequestRecord {
 
 pub(crate) struct SimState {
     token: String,
-    hints: Hints,
-    datasets: HashMap<String, HashMap<String, SimDocument>>,
+    pub(crate) hints: Hints,
+    pub(crate) catalog: Mutex<Catalog>,
     pub(crate) scenario: Scenario,
     pub(crate) started: Instant,
     pub(crate) started_wall: SystemTime,
-    faults: Mutex<Faults>,
+    pub(crate) faults: Mutex<Faults>,
     script: Mutex<VecDeque<Injection>>,
     pub(crate) stats: Mutex<Stats>,
     rng: Mutex<StdRng>,
@@ -73,31 +80,20 @@ pub(crate) struct SimState {
 
 /// Locks a std mutex, recovering from poisoning (a panicked handler must not take the
 /// simulator down). Never held across an await.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SimState {
     pub(crate) fn new(mut scenario: Scenario, seed: u64) -> Self {
-        let datasets = scenario
-            .datasets
-            .iter()
-            .map(|d| {
-                let docs = d
-                    .documents
-                    .iter()
-                    .map(|doc| (doc.id.clone(), doc.clone()))
-                    .collect();
-                (d.id.clone(), docs)
-            })
-            .collect();
+        let catalog = Mutex::new(Catalog::new(&scenario.datasets));
         let now = Instant::now();
         let faults = std::mem::take(&mut scenario.faults);
         let script = faults.script.iter().cloned().collect();
         SimState {
             token: scenario.token.clone(),
             hints: scenario.hints,
-            datasets,
+            catalog,
             quota: Mutex::new(
                 scenario
                     .quota_per_second
@@ -127,9 +123,75 @@ impl SimState {
         lock(&self.script).extend(injections);
     }
 
-    fn next_logid(&self) -> String {
+    pub(crate) fn next_logid(&self) -> String {
         format!("SIM{:016X}", self.logids.fetch_add(1, Ordering::Relaxed))
     }
+
+    /// What every listing and create request goes through: counted, the token, the quota
+    /// (shared with `/process`: the quota is per space), and the permission faults. `Some`:
+    /// the refusal to send.
+    pub(crate) fn gate(&self, headers: &HeaderMap, logid: &str, gate: Gate) -> Option<Response> {
+        {
+            let mut st = lock(&self.stats);
+            match gate {
+                Gate::Listing => st.listings += 1,
+                Gate::Create => st.creates += 1,
+            }
+        }
+        let refusal = self.refusal(headers, logid).or_else(|| {
+            let f = lock(&self.faults);
+            let denied = match gate {
+                Gate::Listing => f.listing_denied,
+                Gate::Create => f.create_denied,
+            };
+            denied.then(|| envelope_error(StatusCode::OK, 4101, "permission denied", logid))
+        })?;
+        let mut st = lock(&self.stats);
+        *st.by_http_status
+            .entry(refusal.status().as_u16())
+            .or_default() += 1;
+        count_refusal(&mut st, refusal.status());
+        Some(with_logid(refusal, logid))
+    }
+
+    /// A listing or create answered with code 0.
+    pub(crate) fn answered(&self) {
+        *lock(&self.stats).by_http_status.entry(200).or_default() += 1;
+    }
+
+    /// The bearer token and the quota: `Some` refusal when either says no.
+    fn refusal(&self, headers: &HeaderMap, logid: &str) -> Option<Response> {
+        let expected = format!("Bearer {}", self.token);
+        let authorized = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == expected);
+        if !authorized {
+            return Some(envelope_error(
+                StatusCode::UNAUTHORIZED,
+                4100,
+                "authentication failed",
+                logid,
+            ));
+        }
+        let over_quota = lock(&self.quota)
+            .as_mut()
+            .is_some_and(|q| q.try_acquire(Instant::now()).is_err());
+        if over_quota {
+            let mut r = envelope_error(StatusCode::TOO_MANY_REQUESTS, 4013, "rate limited", logid);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Some(r);
+        }
+        None
+    }
+}
+
+/// Which kind of request [`SimState::gate`] admits.
+#[derive(Clone, Copy)]
+pub(crate) enum Gate {
+    Listing,
+    Create,
 }
 
 pub(crate) fn router(state: Arc<SimState>) -> Router {
@@ -139,6 +201,17 @@ pub(crate) fn router(state: Arc<SimState>) -> Router {
         .route("/__sim/scenario", get(scenario))
         .route("/__sim/faults", post(set_faults))
         .route("/__sim/inject", post(inject))
+        .route("/v1/datasets", get(catalog::list_datasets))
+        .route(
+            "/open_api/knowledge/document/list",
+            post(catalog::list_documents),
+        )
+        .route(
+            "/open_api/knowledge/document/create",
+            post(catalog::create_documents),
+        )
+        .route("/__sim/datasets", post(catalog::add_dataset))
+        .route("/__sim/delete", post(catalog::delete_document))
         .with_state(state)
 }
 
@@ -231,26 +304,7 @@ async fn answer(
     plan: Plan,
     logid: &str,
 ) -> Response {
-    let expected = format!("Bearer {}", s.token);
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == expected);
-    if !authorized {
-        return envelope_error(
-            StatusCode::UNAUTHORIZED,
-            4100,
-            "authentication failed",
-            logid,
-        );
-    }
-    let over_quota = lock(&s.quota)
-        .as_mut()
-        .is_some_and(|q| q.try_acquire(Instant::now()).is_err());
-    if over_quota {
-        let mut r = envelope_error(StatusCode::TOO_MANY_REQUESTS, 4013, "rate limited", logid);
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    if let Some(r) = s.refusal(headers, logid) {
         return r;
     }
     let mut modifier = None;
@@ -270,15 +324,17 @@ async fn answer(
         Err(msg) => return envelope_error(StatusCode::OK, 4000, &msg, logid),
     };
     lock(&s.stats).ids_requested += ids.len() as u64;
-    let Some(docs) = s.datasets.get(dataset_id) else {
-        return envelope_error(StatusCode::OK, 4200, "dataset not found", logid);
+    let data: Vec<Value> = {
+        let catalog = lock(&s.catalog);
+        if !catalog.datasets.contains_key(dataset_id) {
+            return envelope_error(StatusCode::OK, 4200, "dataset not found", logid);
+        }
+        let elapsed = s.started.elapsed();
+        ids.iter()
+            .filter_map(|id| catalog.document(dataset_id, id))
+            .filter_map(|doc| doc.view_at(elapsed, s.hints).map(|v| document_json(doc, v)))
+            .collect()
     };
-    let elapsed = s.started.elapsed();
-    let data: Vec<Value> = ids
-        .iter()
-        .filter_map(|id| docs.get(id))
-        .filter_map(|doc| doc.view_at(elapsed, s.hints).map(|v| document_json(doc, v)))
-        .collect();
     let mut value = json!({
         "code": 0,
         "msg": "",
@@ -446,7 +502,7 @@ fn fault_response(inj: Injection, logid: &str) -> Response {
     }
 }
 
-fn envelope_error(status: StatusCode, code: i64, msg: &str, logid: &str) -> Response {
+pub(crate) fn envelope_error(status: StatusCode, code: i64, msg: &str, logid: &str) -> Response {
     (
         status,
         axum::Json(json!({"code": code, "msg": msg, "detail": {"logid": logid}})),
@@ -472,7 +528,11 @@ fn record(s: &SimState, dataset: &str, ids: Vec<String>, r: &Response) {
         http_status: r.status().as_u16(),
     });
     *st.by_http_status.entry(r.status().as_u16()).or_default() += 1;
-    match r.status() {
+    count_refusal(&mut st, r.status());
+}
+
+fn count_refusal(st: &mut Stats, status: StatusCode) {
+    match status {
         StatusCode::UNAUTHORIZED => st.unauthorized += 1,
         StatusCode::TOO_MANY_REQUESTS => st.rate_limited += 1,
         _ => {}

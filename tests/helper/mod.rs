@@ -33,11 +33,14 @@ pub fn scenario(datasets: Vec<(&str, Vec<SimDocument>)>) -> Scenario {
         hints: sim::Hints::Honest,
         faults: sim::Faults::default(),
         quota_per_second: None,
+        studio: false,
+        create_duration: std::time::Duration::from_secs(3),
         datasets: datasets
             .into_iter()
             .map(|(id, documents)| SimDataset {
                 id: id.to_string(),
                 documents,
+                ..SimDataset::default()
             })
             .collect(),
     }
