@@ -1,6 +1,7 @@
 //! `coze-watch demo`: a zero-set-up tour. Starts the simulator and the daemon on loopback with a
-//! log notifier and a local signed-webhook receiver, narrates what happens (documents completing, one failing, one stalling),
-//! reports requests per document and detection latency, and exits by itself.
+//! log notifier and a local signed-webhook receiver, narrates what happens (documents completing,
+//! one failing, one stalling, and one uploaded while it runs that nobody named), reports requests
+//! per document and detection latency, and exits by itself.
 //!
 //! It uses the real pieces end to end: a YAML config loaded by `config::load`, the daemon's
 //! `run`, the simulator over HTTP. It owns only its narration and its temporary state dir.
@@ -88,17 +89,10 @@ fn demo_secret() -> String {
     )
 }
 
-fn config_yaml(
-    base_url: &str,
-    hook_url: &str,
-    state_dir: &std::path::Path,
-    scenario: &Scenario,
-) -> String {
-    let ids: Vec<String> = scenario.datasets[0]
-        .documents
-        .iter()
-        .map(|d| format!("\"{}\"", d.id))
-        .collect();
+/// When the demo uploads a document nobody named, after the start.
+const UPLOAD_AFTER: Duration = Duration::from_secs(4);
+
+fn config_yaml(base_url: &str, hook_url: &str, state_dir: &std::path::Path) -> String {
     let lines = [
         "api:".to_string(),
         format!("  base_url: {base_url}"),
@@ -108,6 +102,7 @@ fn config_yaml(
         "  max_interval: 5s".into(),
         "  stall_after: 8s".into(),
         "  missing_grace: 30s".into(),
+        "  discover_interval: 2s".into(),
         "state:".into(),
         format!("  dir: {}", state_dir.display()),
         "notifiers:".into(),
@@ -120,7 +115,7 @@ fn config_yaml(
         "    retry: {initial: 1s, max: 2s, multiplier: 2}".into(),
         "watch:".into(),
         format!("  - dataset: \"{DATASET}\""),
-        format!("    documents: [{}]", ids.join(", ")),
+        "    documents: all".into(),
         "    labels: {source: demo}".into(),
     ];
     lines.join("\n") + "\n"
@@ -244,7 +239,8 @@ pub enum DemoError {
 /// Runs the demo; returns when every expected event arrived or the deadline passed.
 pub async fn run() -> Result<(), DemoError> {
     let scenario = scenario();
-    let expected = scenario.datasets[0].documents.len();
+    // The scenario's documents and the one uploaded while the daemon runs.
+    let expected = scenario.datasets[0].documents.len() + 1;
     let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let sim = sim::start(scenario.clone(), loopback).await?;
     let arrived = Arc::new(Notify::new());
@@ -274,12 +270,7 @@ pub async fn run() -> Result<(), DemoError> {
     let config_path = state_dir.join("config.yaml");
     std::fs::write(
         &config_path,
-        config_yaml(
-            &sim.base_url(),
-            &hook_url,
-            &state_dir.join("state"),
-            &scenario,
-        ),
+        config_yaml(&sim.base_url(), &hook_url, &state_dir.join("state")),
     )?;
     let token = sim.token().to_string();
     let env = move |k: &str| (k == "COZE_API_TOKEN").then(|| token.clone());
@@ -292,14 +283,18 @@ pub async fn run() -> Result<(), DemoError> {
     };
     println!("coze-watch demo");
     println!(
-        "  simulator: {} (dataset {DATASET}, {expected} documents)",
+        "  simulator: {} (knowledge base {DATASET}, watched whole: `documents: all`)",
         sim.base_url()
     );
     println!(
         "  webhook:   {hook_url} (signed, Standard Webhooks; the first delivery gets a deliberate 500)"
     );
     println!("  state dir: {}", state_dir.display());
-    println!("  3 documents complete, 1 fails, 1 stalls at 10% (stall_after: 8s). Watching...\n");
+    println!("  3 documents complete, 1 fails, 1 stalls at 10% (stall_after: 8s);");
+    println!(
+        "  after {}s a colleague uploads one more that nobody names. Watching...\n",
+        UPLOAD_AFTER.as_secs()
+    );
 
     let narrator = Arc::new(Narrator {
         started,
@@ -321,6 +316,11 @@ pub async fn run() -> Result<(), DemoError> {
         on_ready: Box::new(|| {}),
     };
     let daemon = tokio::spawn(daemon::run(config, ctx));
+    tokio::spawn(upload_later(
+        sim.base_url(),
+        sim.token().to_string(),
+        started,
+    ));
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let count = narrator.seen.lock().map(|s| s.len()).unwrap_or(0);
@@ -347,7 +347,40 @@ pub async fn run() -> Result<(), DemoError> {
     );
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&state_dir);
+    println!("\nnext, for a real knowledge base:");
+    println!(
+        "  export COZE_API_TOKEN=pat_...   # readDocumentProgress, listKnowledge, listDocument"
+    );
+    println!(
+        "  coze-watch watch add <DATASET_ID> --all   # or `documents: all` / `space:` in the config; see README"
+    );
     Ok(())
+}
+
+/// Uploads a document through the simulator's create endpoint, as a colleague in the Coze web
+/// UI or an upload pipeline would: coze-watch is not told its id.
+async fn upload_later(base_url: String, token: String, started: UnixMs) {
+    tokio::time::sleep(UPLOAD_AFTER).await;
+    let body = serde_json::json!({"dataset_id": DATASET, "document_bases": [{
+        "name": "new-hire-guide.pdf",
+        "source_info": {"file_base64": "JVBERi0xLjQK", "file_type": "pdf"}
+    }]});
+    let Ok(http) = crate::http::client_builder().build() else {
+        return;
+    };
+    let sent = http
+        .post(format!("{base_url}/open_api/knowledge/document/create"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await;
+    let at = UnixMs::now().since(started).as_secs_f64();
+    match sent {
+        Ok(r) if r.status().is_success() => println!(
+            "  [{at:5.1}s] uploaded   new-hire-guide.pdf in the Coze web UI (nobody told coze-watch its id)"
+        ),
+        _ => println!("  [{at:5.1}s] the upload failed"),
+    }
 }
 
 fn demo_dir() -> PathBuf {
@@ -379,12 +412,14 @@ fn report(sim: &sim::SimHandle, narrator: &Narrator) {
     latencies.sort_by(f64::total_cmp);
     let stats = sim.stats();
     let finished = latencies.len().max(1);
+    let total = stats.requests + stats.listings;
     println!("\nsummary");
     println!(
-        "  API requests: {} for {} finished documents ({:.1} per document; a 1 s per-document poller would have sent about {})",
+        "  API requests: {total} ({} polls, {} listings) for {} finished documents ({:.1} per document; a 1 s per-document poller would have sent about {})",
         stats.requests,
+        stats.listings,
         latencies.len(),
-        stats.requests as f64 / finished as f64,
+        total as f64 / finished as f64,
         per_doc_1s_estimate(&truth),
     );
     if let (Some(first), Some(last)) = (latencies.first(), latencies.last()) {

@@ -136,6 +136,9 @@ impl ScopeState {
 pub struct SpacePlan {
     /// Knowledge bases to page through.
     pub to_list: Vec<DatasetId>,
+    /// Knowledge bases that only grew: no listing is needed when the new documents are all in
+    /// `processing` (see [`explained`]); each with how many documents it gained.
+    pub grown: Vec<(DatasetId, i64)>,
     /// Documents processing now (`processing_file_id_list`): watched at once.
     pub processing: Vec<(DatasetId, DocumentId)>,
     /// Knowledge bases skipped for the first time (logged once).
@@ -185,21 +188,40 @@ pub fn plan_space(
                 .map(|doc| (ds.clone(), doc.clone())),
         );
         let changed = kb.doc_count != info.doc_count || kb.update_time != info.update_time;
-        let due = kb.listed_at.is_none_or(|t| now.since(t) >= relist);
-        // The counts are remembered only once a listing succeeded (see `decide`).
-        if changed || due {
-            plan.to_list.push(ds.clone());
+        let due = kb.listed_at.is_none_or(|t| now.since(t) >= relist) || kb.baseline_pending;
+        let grew = match (kb.doc_count, info.doc_count) {
+            (Some(old), Some(new)) if new > old => Some(new - old),
+            _ => None,
+        };
+        // The counts are remembered only once a listing succeeded (see `decide`), or once
+        // the growth is explained by documents processing now (see `explained`).
+        match grew {
+            Some(n) if !due => plan.grown.push((ds.clone(), n)),
+            _ if changed || due => plan.to_list.push(ds.clone()),
+            _ => {}
         }
     }
     state.baselined = true;
     plan
 }
 
+/// Whether a knowledge base that gained `grew` documents needs no listing: the probe showed at
+/// least that many documents processing that were not known before (each upload is one of
+/// them). Then its counts are taken as listed.
+pub fn explained(kb: &mut KbState, grew: i64, new_processing: usize, probe: &DatasetInfo) -> bool {
+    let ok = grew <= new_processing as i64;
+    if ok {
+        kb.doc_count = probe.doc_count;
+        kb.update_time = probe.update_time;
+    }
+    ok
+}
+
 /// What to do with one knowledge base's listing.
 #[derive(Debug, Default, PartialEq)]
 pub struct Decision {
-    /// Documents to watch (not known before).
-    pub watch: Vec<DocumentId>,
+    /// Documents to watch (not known before), as listed.
+    pub watch: Vec<DocumentInfo>,
     /// Documents already terminal at the baseline: recorded without events.
     pub baseline: Vec<DocumentInfo>,
 }
@@ -224,7 +246,7 @@ pub fn decide(
         if kb.baseline_pending && terminal {
             d.baseline.push(doc);
         } else {
-            d.watch.push(doc.document_id);
+            d.watch.push(doc);
         }
     }
     kb.baseline_pending = false;
@@ -344,14 +366,25 @@ mod tests {
         // Nothing changed: nothing to list.
         let plan = plan_space(&mut state, &entry, &probe, UnixMs(60_000), HOUR);
         assert!(plan.to_list.is_empty(), "{plan:?}");
-        // One changed, and a new knowledge base appeared.
+        // One grew, one changed otherwise, and a new knowledge base appeared.
         let probe2 = [
-            kb("1", 6, 100, &[]),
-            kb("2", 0, 100, &[]),
+            kb("1", 6, 100, &["12"]),
+            kb("2", 0, 101, &[]),
             kb("4", 1, 5, &[]),
         ];
         let plan = plan_space(&mut state, &entry, &probe2, UnixMs(120_000), HOUR);
-        assert_eq!(plan.to_list, [DatasetId::new("1"), DatasetId::new("4")]);
+        assert_eq!(plan.to_list, [DatasetId::new("2"), DatasetId::new("4")]);
+        assert_eq!(plan.grown, [(DatasetId::new("1"), 1)]);
+        let one = state.datasets.get_mut(&DatasetId::new("1")).unwrap();
+        assert!(
+            !explained(one, 1, 0, &probe2[0]),
+            "the new one is not processing"
+        );
+        assert!(
+            explained(one, 1, 1, &probe2[0]),
+            "the new one is processing"
+        );
+        assert_eq!(one.doc_count, Some(6));
         assert!(
             !state.datasets[&DatasetId::new("4")].baseline_pending,
             "new after adoption"
@@ -398,7 +431,10 @@ mod tests {
             None,
             UnixMs(0),
         );
-        assert_eq!(first.watch, [DocumentId::new("3")]);
+        let ids = |d: &Decision| -> Vec<DocumentId> {
+            d.watch.iter().map(|w| w.document_id.clone()).collect()
+        };
+        assert_eq!(ids(&first), [DocumentId::new("3")]);
         assert_eq!(first.baseline.len(), 2);
         let known: HashSet<DocumentId> = ["1", "2", "3"].iter().map(DocumentId::new).collect();
         let later = decide(
@@ -408,7 +444,7 @@ mod tests {
             None,
             UnixMs(1),
         );
-        assert_eq!(later.watch, [DocumentId::new("4")], "new, even though done");
+        assert_eq!(ids(&later), [DocumentId::new("4")], "new, even though done");
         assert!(later.baseline.is_empty());
     }
 

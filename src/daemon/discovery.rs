@@ -48,8 +48,11 @@ struct Found {
     state: ScopeState,
     /// New rows: documents to watch (watching) and baseline documents (terminal).
     rows: Vec<DocState>,
-    /// The documents to start polling.
-    watch: Vec<(DatasetId, DocumentId)>,
+    /// The documents to start polling, and whether to look at once (a document found by a
+    /// listing, which may be terminal already) or let the probe say when it stops processing.
+    watch: Vec<(DatasetId, DocumentId, Urgency)>,
+    /// Per covered knowledge base of a probed space: the documents processing now.
+    processing_now: Vec<(DatasetId, HashSet<DocumentId>)>,
     newly_skipped: Vec<(DatasetId, Skip)>,
     failure: Option<Stop>,
     requests: u32,
@@ -75,6 +78,15 @@ impl std::fmt::Display for Stop {
             Stop::Store(e) => write!(f, "store: {e}"),
         }
     }
+}
+
+/// When a newly discovered document needs its first poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Urgency {
+    /// Found by a listing: it may be terminal already.
+    Now,
+    /// Seen processing.
+    Processing,
 }
 
 impl Discovery {
@@ -222,8 +234,18 @@ impl Engine {
         self.discovery.scopes.insert(scope.clone(), state);
         self.rebuild_space_rules();
         let mut started = 0;
-        for (ds, doc) in found.watch {
-            started += usize::from(self.start_watching(ds, doc, now));
+        for (ds, doc, urgency) in found.watch {
+            started += usize::from(self.start_watching(ds, doc, urgency, now));
+        }
+        // A watched document that left the processing list finished (or vanished): look now.
+        for (ds, processing) in found.processing_now {
+            let done = self
+                .live
+                .get(&ds)
+                .is_some_and(|docs| docs.keys().any(|d| !processing.contains(d)));
+            if done {
+                self.poll_soon(&ds, now);
+            }
         }
         if started > 0 || n_rows > 0 {
             tracing::info!(scope = %scope, watched = started, recorded = n_rows, "discovered documents");
@@ -277,24 +299,54 @@ impl Engine {
         self.discovery.queue.insert(scope.clone(), next);
     }
 
+    /// Whether `ds` is watched only through a space, whose probe tells when its documents
+    /// stop processing (so its polls need not chase `remaining_time`).
+    pub(super) fn probe_tracked(&self, ds: &DatasetId) -> bool {
+        self.discovery.space_rules.contains_key(ds)
+            && !self.watch_list.all_of.contains_key(ds)
+            && !self.watch_list.datasets.contains_key(ds)
+    }
+
     /// Starts polling a discovered document (its row is stored already). Returns whether it
     /// was not watched before.
-    fn start_watching(&mut self, ds: DatasetId, doc: DocumentId, now: Instant) -> bool {
+    fn start_watching(
+        &mut self,
+        ds: DatasetId,
+        doc: DocumentId,
+        urgency: Urgency,
+        now: Instant,
+    ) -> bool {
         let docs = self.live.entry(ds.clone()).or_default();
         if docs.contains_key(&doc) {
             return false;
         }
         docs.insert(doc, Default::default());
-        // Poll it now: a new document is worth a look at once.
-        let schedule = match self.schedules.remove(&ds) {
+        let probed = self.probe_tracked(&ds);
+        match urgency {
+            Urgency::Now => self.poll_soon(&ds, now),
+            // The probe will say when it stops processing; until then the safety net.
+            Urgency::Processing if probed => {
+                if !self.schedules.contains_key(&ds) {
+                    let next = now + self.policy.schedule.max_interval;
+                    self.set_schedule(ds, DatasetSchedule::new(next, 0));
+                }
+            }
+            // Nothing will say when it finishes: its first answer's hint will.
+            Urgency::Processing => self.poll_soon(&ds, now),
+        }
+        true
+    }
+
+    /// Polls `ds` at `now` (or earlier, if it is due before).
+    fn poll_soon(&mut self, ds: &DatasetId, now: Instant) {
+        let schedule = match self.schedules.remove(ds) {
             Some(mut s) => {
                 s.next_poll = s.next_poll.min(now);
                 s
             }
             None => DatasetSchedule::new(now, 0),
         };
-        self.set_schedule(ds, schedule);
-        true
+        self.set_schedule(ds.clone(), schedule);
     }
 }
 
@@ -312,6 +364,7 @@ impl Job {
             state: ScopeState::default(),
             rows: Vec::new(),
             watch: Vec::new(),
+            processing_now: Vec::new(),
             newly_skipped: Vec::new(),
             failure: None,
             requests: 0,
@@ -342,14 +395,40 @@ impl Job {
         found.newly_skipped = plan.newly_skipped;
         // Processing now: watched at once, whatever the listings below say.
         let mut known: HashMap<DatasetId, HashSet<DocumentId>> = HashMap::new();
+        let mut new_processing: HashMap<DatasetId, usize> = HashMap::new();
         for (ds, doc) in plan.processing {
             let k = self.known(&ds, &mut known).await?;
             if k.insert(doc.clone()) {
+                *new_processing.entry(ds.clone()).or_default() += 1;
                 found.rows.push(DocState::new(ds.clone(), doc.clone(), now));
-                found.watch.push((ds, doc));
+                found.watch.push((ds, doc, Urgency::Processing));
             }
         }
-        for ds in plan.to_list {
+        found.processing_now = probe
+            .iter()
+            .filter(|p| {
+                state
+                    .datasets
+                    .get(&p.dataset_id)
+                    .is_some_and(|kb| kb.skipped.is_none())
+            })
+            .filter(|p| entry.covers(&p.dataset_id))
+            .map(|p| {
+                let ids = p.processing_file_id_list.iter().cloned().collect();
+                (p.dataset_id.clone(), ids)
+            })
+            .collect();
+        let mut to_list = plan.to_list;
+        for (ds, grew) in plan.grown {
+            let fresh = new_processing.get(&ds).copied().unwrap_or(0);
+            let info = probe.iter().find(|p| p.dataset_id == ds);
+            let kb = state.datasets.entry(ds.clone()).or_default();
+            // Every new document is processing and watched already: nothing to page.
+            if !info.is_some_and(|i| discover::explained(kb, grew, fresh, i)) {
+                to_list.push(ds);
+            }
+        }
+        for ds in to_list {
             let info = probe.iter().find(|p| p.dataset_id == ds);
             self.dataset_known(&ds, info, state, now, found, &mut known)
                 .await?;
@@ -433,8 +512,13 @@ impl Job {
             found.rows.push(baseline_row(ds, &doc, now));
         }
         for doc in decision.watch {
-            found.rows.push(DocState::new(ds.clone(), doc.clone(), now));
-            found.watch.push((ds.clone(), doc));
+            let urgency = match doc.status {
+                Some(DocumentStatus::Processing) => Urgency::Processing,
+                _ => Urgency::Now,
+            };
+            let id = doc.document_id;
+            found.rows.push(DocState::new(ds.clone(), id.clone(), now));
+            found.watch.push((ds.clone(), id, urgency));
         }
         Ok(())
     }

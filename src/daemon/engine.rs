@@ -468,12 +468,20 @@ impl Engine {
         let failure = report.failure.as_ref().map(|e| self.failure_of(e, now));
         let processing = report.processing();
         let changed = report.changed();
+        let probed = self.probe_tracked(ds);
         let sched = self
             .schedules
             .entry(ds.clone())
             .or_insert_with(|| DatasetSchedule::new(now, 0));
         match failure {
             Some(f) => sched.on_failure(now, f, &policy, u),
+            // The space probe says when its documents stop processing; polls in between
+            // are only the safety net (progress, stall, give-up).
+            None if probed => {
+                sched.on_success(now, &processing, changed, &policy, u);
+                sched.next_poll = now + schedule::spread(policy.max_interval, &policy, u);
+                sched.next_poll
+            }
             None => sched.on_success(now, &processing, changed, &policy, u),
         }
     }
