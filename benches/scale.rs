@@ -2,7 +2,7 @@
 //! same workload with two naive pollers, reported against the lower bound `L`.
 //!
 //! `cargo bench --bench scale -- [--quick | --sparse | --documents N --datasets M | --hints
-//! x2|half|zero | --rps R]`. Each contender gets a fresh simulator. The daemon runs as a child
+//! x2|half|zero | --rps R | --discovery [--quick] [--idle DUR]]`. Each contender gets a fresh simulator. The daemon runs as a child
 //! process with a webhook notifier pointed at a receiver inside the bench; detection latency
 //! is the receipt time minus the simulator's true terminal time.
 
@@ -13,6 +13,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+#[path = "scale/discovery.rs"]
+mod discovery;
 
 use clap::Parser;
 use coze_watch::sim::{self, Generator, Hints, Scenario, SimHandle};
@@ -47,6 +50,13 @@ struct Args {
     /// Only these contenders (daemon, per-doc-1s, batched-5s).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
+    /// The discovery workload: a space of 300 knowledge bases, 2,000 documents uploaded over
+    /// 10 minutes; the daemon watches the space and is told no id. With --quick: a small one.
+    #[arg(long)]
+    discovery: bool,
+    /// With --discovery: how long to measure the idle space after the last document.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle: Option<Duration>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -619,6 +629,10 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if args.discovery {
+        rt.block_on(discovery::run(discovery::Shape::new(args.quick, args.idle)));
+        return;
+    }
     let wants = |c: &str| args.only.as_ref().is_none_or(|o| o.iter().any(|x| x == c));
     rt.block_on(async {
         let (probe, _) = fresh_sim(&w).await;

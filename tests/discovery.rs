@@ -506,3 +506,33 @@ async fn a_refused_reload_is_visible_in_status_and_metrics() {
     assert!(out.contains("REFUSED"), "{out}");
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_repeats_its_first_page_never_makes_the_listing_loop() {
+    let mut docs = vec![doc(&id(300), 2, Outcome::Completed)];
+    docs.extend((1..=250).map(|i| doc(&id(i), 0, Outcome::Completed)));
+    let sim = start_sim(scenario(vec![(DS, docs)])).await;
+    sim.set_faults(Faults {
+        repeat_pages: true,
+        ..Faults::default()
+    });
+    let rx = Receiver::start(vec![]).await;
+    let work = Workdir::new();
+    let rest = format!(
+        "{}watch:\n  - dataset: \"{DS}\"\n    documents: all\n",
+        hook(&rx.url("/h"))
+    );
+    work.write_config(&sim.base_url(), &poll(), &rest);
+    let mut d = Daemon::start(&work);
+    wait_until("the document on the first page", SECS(20), || {
+        !rx.requests().is_empty()
+    })
+    .await;
+    let before = sim.stats().listings;
+    tokio::time::sleep(SECS(2)).await;
+    // One listing a second, each two pages at most (the second repeats the first and ends it).
+    let per_second = (sim.stats().listings - before) as f64 / 2.0;
+    assert!(per_second <= 4.0, "{per_second} listings a second");
+    d.stop().await;
+    sim.shutdown().await;
+}
