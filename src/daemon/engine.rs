@@ -479,7 +479,8 @@ impl Engine {
             // are only the safety net (progress, stall, give-up).
             None if probed => {
                 sched.on_success(now, &processing, changed, &policy, u);
-                sched.next_poll = now + schedule::spread(policy.max_interval, &policy, u);
+                let wait = policy.max_interval + schedule::spread(policy.max_interval, &policy, u);
+                sched.next_poll = now + wait;
                 sched.next_poll
             }
             None => sched.on_success(now, &processing, changed, &policy, u),
