@@ -21,7 +21,8 @@
 //! - [`daemon`]: the run loop of `coze-watch run`, tying the above together.
 //! - [`ops`], [`metrics`], [`status`]: what an operator sees; [`runtime`]: the run-time
 //!   watch list's input rules (`watch add`, `POST /v1/watch`).
-//! - Commands: [`wait`], [`deliveries`], [`check`], [`demo`]; process set-up: [`signals`],
+//! - Commands: [`cli`] (the definitions, completions, man pages), [`wait`], [`deliveries`],
+//!   [`check`], [`demo`]; process set-up: [`signals`],
 //!   [`logging`], [`exit`].
 //! - [`sim`]: the built-in Coze API simulator used by the demo, the tests and the benchmarks.
 //! - Vocabulary: [`event`], [`ids`], [`wall`], [`window`], [`secret`], [`redact`].
@@ -46,6 +47,7 @@ pub mod wait;
 pub mod deliveries;
 pub mod check;
 pub mod demo;
+pub mod cli;
 pub mod signals;
 pub mod logging;
 pub mod exit;

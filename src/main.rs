@@ -1,128 +1,20 @@
-//! The `coze-watch` binary: command-line definitions and wiring. The logic lives in the
-//! library; every command returns an exit code from `coze_watch::exit`.
+//! The `coze-watch` binary: wiring only. The command line is defined in `coze_watch::cli`, the
+//! logic lives in the library; every command returns an exit code from `coze_watch::exit`.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 
+use coze_watch::cli::{CheckArgs, Cli, Command, ConfigArg, ConfigCommand, DeliveriesArgs};
 use coze_watch::config::{self, Config, ConfigError, LogFormat, Mode};
 use coze_watch::daemon::RunContext;
 use coze_watch::signals::EarlySignals;
 use coze_watch::store::StoreError;
 use coze_watch::{exit, logging, sim, status};
-
-#[derive(Parser)]
-#[command(
-    name = "coze-watch",
-    version,
-    about = "Watch Coze knowledge-base document processing and notify when documents finish, fail, stall or vanish"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon: poll the watch list and fire notifiers.
-    #[command(
-        after_help = "Example:\n  COZE_API_TOKEN=pat_... coze-watch run -c /etc/coze-watch/config.yaml"
-    )]
-    Run(ConfigArg),
-    /// Load and validate the config and watch list exactly as `run` would, and print a summary.
-    #[command(
-        after_help = "Example:\n  coze-watch check -c /etc/coze-watch/config.yaml\n  coze-watch check --lint -c config.example.yaml"
-    )]
-    Check(CheckArgs),
-    /// Poll until every document is terminal: progress bars on a terminal, one line per change
-    /// otherwise. Exit 0 all completed, 1 any failed or missing, 3 timed out, 4 API unusable
-    /// (auth, permission, dataset not found), 130 interrupted. The token comes from
-    /// $COZE_API_TOKEN.
-    #[command(
-        after_help = "Examples:\n  COZE_API_TOKEN=pat_... coze-watch wait 7442585813587000000 7442585813587000001 7442585813668000002 --timeout 30m\n  coze-watch wait $DATASET $DOC --json --quiet > result.json"
-    )]
-    Wait(coze_watch::wait::WaitArgs),
-    /// Run the built-in Coze API simulator on loopback.
-    #[command(
-        after_help = "Examples:\n  coze-watch simulate --datasets 2 --documents-per-dataset 3 --duration 5s..30s\n  coze-watch simulate --scenario scenario.yaml --listen 127.0.0.1:8787"
-    )]
-    Simulate(Box<sim::cli::SimulateArgs>),
-    /// Show what the store knows: every document with state, progress, last change and next
-    /// poll; pending and dead deliveries. Read-only: creates and changes no file.
-    #[command(
-        after_help = "Examples:\n  coze-watch status -c /etc/coze-watch/config.yaml\n  coze-watch status --json | jq '.documents[] | select(.state == \"failed\")'"
-    )]
-    Status {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List dead deliveries; re-queue (--retry, --retry-dead) or drop (--drop) them. Safe while
-    /// the daemon runs (it is told to look at the outbox at once).
-    #[command(
-        after_help = "Examples:\n  coze-watch deliveries\n  coze-watch deliveries --retry evt_0191... evt_0192...\n  coze-watch deliveries --retry-dead"
-    )]
-    Deliveries(DeliveriesArgs),
-    /// Send one synthetic document.completed event (marked "test": true) through notifier NAME.
-    #[command(
-        after_help = "Example:\n  coze-watch notify-test pipeline -c /etc/coze-watch/config.yaml"
-    )]
-    NotifyTest {
-        /// The notifier's name in the config.
-        name: String,
-        #[command(flatten)]
-        config: ConfigArg,
-    },
-    /// The run-time watch list: add, remove and list entries kept in the store.
-    Watch {
-        #[command(subcommand)]
-        command: coze_watch::runtime::cli::WatchCommand,
-        #[command(flatten)]
-        config: ConfigArg,
-    },
-    /// A zero-set-up tour: the simulator and the daemon on loopback, narrated; exits by itself.
-    #[command(after_help = "Example:\n  coze-watch demo")]
-    Demo,
-}
-
-#[derive(Args)]
-struct ConfigArg {
-    /// Config file [default: $COZE_WATCH_CONFIG, else /etc/coze-watch/config.yaml]
-    #[arg(short, long, value_name = "FILE", global = true)]
-    config: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct DeliveriesArgs {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Re-queue the dead deliveries of these event ids.
-    #[arg(long, value_name = "ID", num_args = 1.., conflicts_with_all = ["retry_dead", "drop"])]
-    retry: Vec<String>,
-    /// Re-queue every dead delivery.
-    #[arg(long, conflicts_with = "drop")]
-    retry_dead: bool,
-    /// Forget the dead deliveries of these event ids.
-    #[arg(long, value_name = "ID", num_args = 1..)]
-    drop: Vec<String>,
-}
-
-#[derive(Args)]
-struct CheckArgs {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Report problems with the environment (unset variables, missing files and executables)
-    /// as warnings, for CI and example files.
-    #[arg(long)]
-    lint: bool,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -159,6 +51,26 @@ fn main() -> ExitCode {
                 ))
             }
             Err(code) => code,
+        },
+        Command::Completions { shell } => {
+            coze_watch::cli::completions(shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Config {
+            command: ConfigCommand::Schema,
+        } => {
+            println!("{}", config::schema());
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => match coze_watch::cli::write_man_pages(&dir) {
+            Ok(pages) => {
+                println!("wrote {} man pages to {}", pages.len(), dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", dir.display());
+                ExitCode::from(exit::FAILURE)
+            }
         },
         Command::Demo => run_async(async {
             logging::init("coze_watch::event=info,warn", LogFormat::Text);

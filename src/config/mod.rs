@@ -26,6 +26,13 @@ use crate::event::EventType;
 use crate::ids::{DatasetId, DocumentId, SpaceId};
 use crate::secret::{Secret, SecretUrl};
 
+/// The JSON Schema of the config file, generated from the structs that read it.
+pub fn schema() -> String {
+    let schema = schemars::schema_for!(raw::RawConfig);
+    // Plain JSON values: serializing cannot fail; an empty object if it ever did.
+    serde_json::to_string_pretty(&schema).unwrap_or_else(|_| "{}".into())
+}
+
 /// Where the config file lives when `-c` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/coze-watch/config.yaml";
 /// The Coze region whose API docs this project follows.

@@ -2,15 +2,18 @@
 //!
 //! Every struct denies unknown keys (typo safety) and every value that may hold `${VAR}` is a
 //! plain `String` here; nothing is defaulted, expanded or validated. `resolve` turns these into
-//! the typed `Config` in one step.
+//! the typed `Config` in one step. The same structs generate the config's JSON Schema
+//! (`coze-watch config schema`), so the schema cannot drift from what is read; its patterns
+//! accept `${VAR}` wherever a value may be one.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default)]
@@ -30,7 +33,7 @@ pub struct RawConfig {
     pub watch: Vec<RawWatch>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawApi {
     pub base_url: Option<String>,
@@ -41,10 +44,11 @@ pub struct RawApi {
     pub max_requests_per_second: Option<f64>,
     pub max_requests_per_day: Option<u64>,
     pub max_concurrent_requests: Option<u64>,
+    #[schemars(extend("pattern" = r"^(cloud|studio)$|\$\{"))]
     pub flavor: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPoll {
     pub min_interval: Option<RawDuration>,
@@ -60,7 +64,7 @@ pub struct RawPoll {
     pub relist_interval: Option<RawDuration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackoff {
     pub initial: Option<RawDuration>,
@@ -68,14 +72,14 @@ pub struct RawBackoff {
     pub multiplier: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     pub dir: Option<String>,
     pub retention: Option<RawDuration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
     pub listen: String,
@@ -85,19 +89,21 @@ pub struct RawHttp {
     pub api_token_file: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
+    #[schemars(extend("pattern" = r"^(text|json)$|\$\{"))]
     pub format: Option<String>,
 }
 
 /// One notifier. All types share one flat struct so that parse errors keep their line numbers;
 /// `resolve` rejects keys that do not belong to the notifier's `type`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawNotifier {
     pub name: Option<String>,
     #[serde(rename = "type")]
+    #[schemars(extend("pattern" = r"^(log|webhook|exec)$|\$\{"))]
     pub kind: Option<String>,
     pub events: Option<Vec<String>>,
     pub retry: Option<RawRetry>,
@@ -106,7 +112,9 @@ pub struct RawNotifier {
     pub url: Option<String>,
     pub secret: Option<String>,
     pub headers: Option<BTreeMap<String, String>>,
+    #[schemars(extend("pattern" = r"^(standard|feishu|dingtalk|wecom|slack)$|\$\{"))]
     pub format: Option<String>,
+    #[schemars(extend("pattern" = r"^(zh|en)$|\$\{"))]
     pub language: Option<String>,
     pub max_per_minute: Option<u64>,
     pub allow_insecure_http: Option<bool>,
@@ -116,7 +124,7 @@ pub struct RawNotifier {
     pub concurrency: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
     pub initial: Option<RawDuration>,
@@ -126,7 +134,7 @@ pub struct RawRetry {
     pub max_age: Option<RawDuration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWatch {
     pub dataset: Option<RawId>,
@@ -221,5 +229,53 @@ impl<'de> Deserialize<'de> for RawId {
             }
         }
         d.deserialize_str(V)
+    }
+}
+
+/// A pattern that also accepts a value given as `${VAR}` (checked after expansion).
+const OR_VARIABLE: &str = r"|\$\{";
+
+impl JsonSchema for RawDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "A duration such as 500ms, 30s, 5m, 1h 30m or 30d",
+            "pattern": format!(r"^\s*([0-9]+\s*[a-zA-Zµ]+\s*)+$|^0$|^\s*[0-9]+\s*$|^0\s*[a-z]*${OR_VARIABLE}")
+        })
+    }
+}
+
+impl JsonSchema for RawId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Id".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": ["string", "integer"],
+            "description": "A Coze id: 1 to 19 decimal digits (quote it)",
+            "pattern": format!("^[0-9]{{1,19}}${OR_VARIABLE}")
+        })
+    }
+}
+
+impl JsonSchema for RawDocuments {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Documents".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let id = generator.subschema_for::<RawId>();
+        json_schema!({
+            "description": "Document ids, or `all` for every document of the knowledge base",
+            "anyOf": [
+                {"const": "all"},
+                {"type": "array", "items": id}
+            ]
+        })
     }
 }
