@@ -70,7 +70,7 @@ fn the_unit_verifies_and_scores_at_most_1_5() {
     }
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("coze-watch.service");
-    std::fs::write(&copy, unit.replace("/usr/local/bin/coze-watch", bin())).unwrap();
+    std::fs::write(&copy, unit.replace("/usr/bin/coze-watch", bin())).unwrap();
     let verify = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&copy)
