@@ -6,7 +6,6 @@ mod helper;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use coze_watch::sim::Outcome;
@@ -50,24 +49,8 @@ fn work_on_fixture(name: &str, base_url: &str, pending: &Receiver, dead: &Receiv
     work
 }
 
-fn cli(work: &Workdir, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_coze-watch"))
-        .args(args)
-        .arg("-c")
-        .arg(work.config_path())
-        .env_clear()
-        .env("HOME", work.path())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn status_json(work: &Workdir) -> serde_json::Value {
-    let (code, out, err) = cli(work, &["status", "--json"]);
+    let (code, out, err) = work.cli(&["status", "--json"]);
     assert_eq!(code, 0, "status: {err}");
     serde_json::from_str(&out).unwrap()
 }
@@ -151,7 +134,7 @@ async fn a_store_written_by_0_1_0_runs_without_refiring_and_delivers_its_backlog
     assert!(after["pending_deliveries"].as_array().unwrap().is_empty());
     assert_eq!(event_ids(&after["dead_deliveries"]), expected);
 
-    let (code, out, err) = cli(&work, &["deliveries"]);
+    let (code, out, err) = work.cli(&["deliveries"]);
     assert_eq!(code, 0, "deliveries: {err}");
     assert!(out.starts_with("3 dead deliveries"), "{out}");
     for id in EVENTS {

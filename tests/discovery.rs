@@ -6,7 +6,6 @@
 mod helper;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use coze_watch::sim::{Faults, Outcome, SimDataset, SimHandle};
@@ -56,23 +55,6 @@ async fn listings(sim: &SimHandle, n: u64) {
         sim.stats().listings >= start + n
     })
     .await;
-}
-
-fn cli(work: &Workdir, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_coze-watch"))
-        .args(args)
-        .arg("-c")
-        .arg(work.config_path())
-        .env_clear()
-        .env("HOME", work.path())
-        .env("COZE_API_TOKEN", helper::daemon::TOKEN)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,17 +266,17 @@ async fn watch_add_list_remove_work_with_the_daemon_running_and_stopped_and_surv
     let work = Workdir::new();
     work.write_config(&sim.base_url(), &poll(), &hook(&rx.url("/h")));
     // Stopped daemon: the entry is picked up at start.
-    let (code, out, err) = cli(&work, &["watch", "add", DS, &id(1), "--label", "team=kb"]);
+    let (code, out, err) = work.cli(&["watch", "add", DS, &id(1), "--label", "team=kb"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("added 1"), "{out}");
-    let (code, out, _) = cli(&work, &["watch", "add", DS, &id(1)]);
+    let (code, out, _) = work.cli(&["watch", "add", DS, &id(1)]);
     assert_eq!(code, 0);
     assert!(out.contains("added 0"), "idempotent: {out}");
     let mut d = Daemon::start(&work);
     wait_until("the first document", SECS(20), || !rx.requests().is_empty()).await;
     assert_eq!(rx.requests()[0].json()["data"]["labels"]["team"], "kb");
     // Running daemon: sees the change at once.
-    let (code, _, err) = cli(&work, &["watch", "add", DS, &id(2), &id(3)]);
+    let (code, _, err) = work.cli(&["watch", "add", DS, &id(2), &id(3)]);
     assert_eq!(code, 0, "{err}");
     wait_until("the second document", SECS(10), || {
         received(&rx).iter().any(|(doc, _)| *doc == id(2))
@@ -304,22 +286,22 @@ async fn watch_add_list_remove_work_with_the_daemon_running_and_stopped_and_surv
     d.signal(Signal::SIGHUP);
     d.wait_for("config reloaded", SECS(10)).await;
     d.stop().await;
-    let (code, out, _) = cli(&work, &["watch", "list", "--json"]);
+    let (code, out, _) = work.cli(&["watch", "list", "--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["entries"].as_array().unwrap().len(), 3, "{v}");
     let d = Daemon::start(&work);
     d.wait_for("watching", SECS(10)).await;
-    let (code, out, _) = cli(&work, &["watch", "remove", DS]);
+    let (code, out, _) = work.cli(&["watch", "remove", DS]);
     assert_eq!(code, 0);
     assert!(out.contains("removed 3"), "{out}");
-    let (_, out, _) = cli(&work, &["watch", "list"]);
+    let (_, out, _) = work.cli(&["watch", "list"]);
     assert!(out.starts_with("0 run-time watch entries"), "{out}");
     // Invalid input is a config-class error.
-    let (code, _, err) = cli(&work, &["watch", "add", DS, "doc-7"]);
+    let (code, _, err) = work.cli(&["watch", "add", DS, "doc-7"]);
     assert_eq!(code, 78);
     assert!(err.contains("decimal digits"), "{err}");
-    let (code, _, err) = cli(&work, &["watch", "add", DS, &id(1), "--notify", "nope"]);
+    let (code, _, err) = work.cli(&["watch", "add", DS, &id(1), "--notify", "nope"]);
     assert_eq!(code, 78);
     assert!(err.contains("unknown notifier"), "{err}");
     drop(d);
@@ -498,10 +480,10 @@ async fn a_refused_reload_is_visible_in_status_and_metrics() {
         "{status}"
     );
     d.stop().await;
-    let (code, out, _) = cli(&work, &["status"]);
+    let (code, out, _) = work.cli(&["status"]);
     assert_eq!(code, 78, "the config is still broken: {out}");
     std::fs::write(work.config_path(), text).unwrap();
-    let (code, out, err) = cli(&work, &["status"]);
+    let (code, out, err) = work.cli(&["status"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("REFUSED"), "{out}");
     sim.shutdown().await;

@@ -495,8 +495,8 @@ mod tests {
         panic!("timed out waiting for {what}");
     }
 
-    #[tokio::test]
-    async fn an_unreadable_body_makes_the_delivery_dead_without_calling_the_notifier() {
+    /// A store in a temp dir holding one event with `body` for the "gated" notifier.
+    fn store_with_event(body: String) -> (tempfile::TempDir, StoreHandle) {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let event = NewEvent {
@@ -505,11 +505,16 @@ mod tests {
             dataset_id: DatasetId::new("1"),
             document_id: DocumentId::new("2"),
             created_at: UnixMs::now(),
-            body: "{not json".into(),
+            body,
             notifiers: vec!["gated".into()],
         };
         store.commit(&[], &[event], None, UnixMs::now()).unwrap();
-        let store = StoreHandle::new(store);
+        (dir, StoreHandle::new(store))
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_body_makes_the_delivery_dead_without_calling_the_notifier() {
+        let (dir, store) = store_with_event("{not json".into());
         let gate = Arc::new(Gated {
             calls: AtomicUsize::new(0),
             release: Semaphore::new(1),
@@ -547,19 +552,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_reload_never_starts_a_running_delivery_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
-        let event = NewEvent {
-            event_id: crate::event::EventId::new("evt_1"),
-            event_type: EventType::Completed,
-            dataset_id: DatasetId::new("1"),
-            document_id: DocumentId::new("2"),
-            created_at: UnixMs::now(),
-            body: crate::notify::EventBody::test_event(UnixMs::now()).to_json(),
-            notifiers: vec!["gated".into()],
-        };
-        store.commit(&[], &[event], None, UnixMs::now()).unwrap();
-        let store = StoreHandle::new(store);
+        let (dir, store) =
+            store_with_event(crate::notify::EventBody::test_event(UnixMs::now()).to_json());
         let gate = Arc::new(Gated {
             calls: AtomicUsize::new(0),
             release: Semaphore::new(0),

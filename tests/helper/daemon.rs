@@ -39,6 +39,25 @@ impl Workdir {
         self.path().join("state")
     }
 
+    /// Runs `coze-watch ARGS -c config.yaml` with a clean environment (and the simulator's
+    /// token): (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_coze-watch"))
+            .args(args)
+            .arg("-c")
+            .arg(self.config_path())
+            .env_clear()
+            .env("HOME", self.path())
+            .env("COZE_API_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Writes config.yaml: `api` pointed at `base_url`, the `poll` section body (e.g.
     /// [`FAST_POLL`]), the state dir, a log notifier, then `rest` (e.g. `watch:`).
     pub fn write_config(&self, base_url: &str, poll: &str, rest: &str) {
