@@ -41,6 +41,7 @@ impl PollReport {
             .map(|s| Processing {
                 document_id: s.state.document_id.clone(),
                 remaining_time: s.state.remaining_time,
+                progress: s.state.progress,
             })
             .collect()
     }
@@ -61,6 +62,9 @@ pub async fn poll_dataset(
         report.requests += 1;
         match batch.result {
             Ok(answer) => note_answer(&mut seen, &batch.ids, answer.documents, false),
+            Err(ApiError::BadRequest { reply, .. }) if too_many(&reply.msg) => {
+                learn_and_retry(client, dataset, batch.ids, &reply, &mut seen, &mut report).await
+            }
             Err(ApiError::BadRequest { .. }) => {
                 bisect(client, dataset, batch.ids, &mut seen, &mut report).await
             }
@@ -145,6 +149,44 @@ fn note_error(
     }
     if report.failure.is_none() {
         report.failure = Some(e);
+    }
+}
+
+/// Whether a 400's message says the batch was too large (rather than an id malformed).
+fn too_many(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    [
+        "too many", "too much", "exceed", "at most", "maximum", "limit",
+    ]
+    .iter()
+    .any(|w| m.contains(w))
+}
+
+/// The server takes fewer ids per request than we sent: lower the client's batch size for
+/// good (logged once per change, with the server's words) and ask again in smaller batches.
+async fn learn_and_retry(
+    client: &CozeClient,
+    dataset: &DatasetId,
+    ids: Vec<DocumentId>,
+    reply: &crate::coze::error::Reply,
+    seen: &mut HashMap<DocumentId, Seen>,
+    report: &mut PollReport,
+) {
+    if let Some(size) = client.learn_batch_limit(ids.len(), &reply.msg) {
+        tracing::warn!(%dataset, ids_per_request = size, msg = %reply.msg,
+            logid = reply.logid.as_deref().unwrap_or(""),
+            "the API refused a batch as too large; asking for fewer ids per request from now on");
+    }
+    let size = client.batch_size().min(ids.len().saturating_sub(1)).max(1);
+    for chunk in ids.chunks(size) {
+        report.requests += 1;
+        match client.process_batch(dataset, chunk).await {
+            Ok(answer) => note_answer(seen, chunk, answer.documents, false),
+            Err(ApiError::BadRequest { .. }) => {
+                bisect(client, dataset, chunk.to_vec(), seen, report).await
+            }
+            Err(e) => note_error(seen, chunk, e, report, false),
+        }
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Processing {
     pub document_id: DocumentId,
     /// `remaining_time` in seconds as reported.
     pub remaining_time: Option<i64>,
+    /// Progress in percent as reported.
+    pub progress: Option<i64>,
 }
 
 /// How a failed poll should be spaced.
@@ -95,6 +97,30 @@ struct HintState {
     deadline: Option<Instant>,
     /// It was still processing after its hinted time: its hints are not used again.
     failed: bool,
+    /// The first (time, progress) of its current run, for the progress rate.
+    sample: Option<(Instant, i64)>,
+}
+
+/// The completion the progress rate projects: `(100 - p) / rate`, the rate averaged since the
+/// first sample (so a jump or a pause does not swing it). `None` when progress has not moved
+/// forward since then; a backwards step starts a new run.
+fn projected(hint: &mut HintState, progress: Option<i64>, now: Instant) -> Option<Duration> {
+    let p = progress?;
+    let Some((t0, p0)) = hint.sample else {
+        hint.sample = Some((now, p));
+        return None;
+    };
+    if p < p0 {
+        hint.sample = Some((now, p));
+        return None;
+    }
+    let secs = now.saturating_duration_since(t0).as_secs_f64();
+    if p == p0 || secs <= 0.0 {
+        return None;
+    }
+    let rate = (p - p0) as f64 / secs;
+    let left = (100 - p).max(0) as f64 / rate;
+    Some(Duration::from_secs_f64(left.min(1e9)))
 }
 
 /// The schedule of one dataset.
@@ -142,11 +168,13 @@ impl DatasetSchedule {
             if hint.deadline.is_some_and(|d| now >= d) {
                 hint.failed = true;
             }
+            let rate = projected(&mut hint, doc.progress, now);
             let wanted = match doc.remaining_time.filter(|r| *r > 0) {
                 Some(secs) if !hint.failed => {
                     let secs = Duration::from_secs(secs.unsigned_abs());
                     hint.deadline = Some(now + secs);
-                    clamp(secs, policy)
+                    // A pessimistic hint: the progress rate says it ends earlier.
+                    clamp(rate.map_or(secs, |r| r.min(secs)), policy)
                 }
                 _ => {
                     hint.deadline = None;
@@ -315,7 +343,77 @@ mod tests {
         Processing {
             document_id: DocumentId::new(id),
             remaining_time: remaining,
+            progress: None,
         }
+    }
+
+    fn at(id: &str, remaining: i64, progress: i64) -> Processing {
+        Processing {
+            progress: Some(progress),
+            ..proc(id, Some(remaining))
+        }
+    }
+
+    /// The delay the schedule picks after answers `(seconds after t0, remaining, progress)`.
+    fn delays(answers: &[(u64, i64, i64)]) -> Vec<Duration> {
+        let t0 = Instant::now();
+        let p = SchedulePolicy {
+            jitter: 0.0,
+            ..policy()
+        };
+        let mut s = DatasetSchedule::new(t0, 0);
+        answers
+            .iter()
+            .map(|(secs, remaining, progress)| {
+                let now = t0 + S(*secs);
+                s.on_success(now, &[at("a", *remaining, *progress)], true, &p, 0.0) - now
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_steady_progress_rate_corrects_a_pessimistic_hint() {
+        // 1 % a second, 100 s in all, but the hint says twice the rest.
+        let got = delays(&[(0, 200, 0), (10, 180, 10), (20, 160, 20)]);
+        assert_eq!(
+            got[0],
+            S(120),
+            "no rate yet: the hint, clamped to max_interval"
+        );
+        assert_eq!(got[1], S(90), "90 % left at 1 %/s");
+        assert_eq!(got[2], S(80));
+    }
+
+    #[test]
+    fn an_honest_hint_is_never_delayed_by_the_rate() {
+        // The rate says later than the hint: the hint wins.
+        let got = delays(&[(0, 50, 0), (10, 40, 5)]);
+        assert_eq!(got[1], S(40));
+    }
+
+    #[test]
+    fn jumpy_progress_is_averaged_since_the_first_sample() {
+        // 0 -> 50 in 10 s, then nothing for 40 s: 50 % in 50 s is 1 %/s, 50 s left.
+        let got = delays(&[(0, 300, 0), (10, 300, 50), (50, 300, 50)]);
+        assert_eq!(
+            got[1],
+            S(10),
+            "a jump projects 10 s, clamped at min_interval at most"
+        );
+        assert_eq!(got[2], S(50));
+    }
+
+    #[test]
+    fn stuck_or_backwards_progress_makes_no_estimate() {
+        let stuck = delays(&[(0, 60, 30), (10, 50, 30)]);
+        assert_eq!(stuck[1], S(50), "no movement: the hint");
+        let back = delays(&[(0, 60, 40), (10, 50, 20), (20, 40, 30)]);
+        assert_eq!(back[1], S(50), "backwards: a new run starts, the hint");
+        assert_eq!(
+            back[2],
+            S(40),
+            "10 % in 10 s projects 70 s: the hint is earlier"
+        );
     }
 
     const S: fn(u64) -> Duration = Duration::from_secs;

@@ -1,8 +1,8 @@
-//! A sliding one-minute window: at most `per_minute` events in any 60-second span.
+//! A sliding window: at most `limit` events in any span of `window` (one minute unless told).
 //!
-//! Pure logic on explicit instants. The API rate limiter uses it so that a per-second budget
-//! never adds up to more than the per-minute quota (a token bucket alone allows its burst on
-//! top), and the chat notifiers use it as their `max_per_minute` throttle.
+//! Pure logic on explicit instants. The API rate limiter uses it for Coze's per-second and
+//! per-minute quotas (an event exactly `window` after another is in a new window), and the
+//! chat notifiers use it as their `max_per_minute` throttle.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -14,17 +14,26 @@ const WINDOW: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct Throttle {
     per_minute: usize,
+    window: Duration,
     sent: VecDeque<Instant>,
 }
 
 impl Throttle {
+    /// At most `per_minute` events in any minute.
     pub fn new(per_minute: u32) -> Self {
+        Self::per(per_minute, WINDOW)
+    }
+
+    /// At most `limit` (at least 1) events in any span of `window`.
+    pub fn per(limit: u32, window: Duration) -> Self {
         Throttle {
-            per_minute: per_minute.max(1) as usize,
+            per_minute: limit.max(1) as usize,
+            window,
             sent: VecDeque::new(),
         }
     }
 
+    /// The most events in one window.
     pub fn per_minute(&self) -> usize {
         self.per_minute
     }
@@ -33,7 +42,7 @@ impl Throttle {
         while self
             .sent
             .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= WINDOW)
+            .is_some_and(|t| now.saturating_duration_since(*t) >= self.window)
         {
             self.sent.pop_front();
         }
@@ -45,8 +54,8 @@ impl Throttle {
         if self.sent.len() < self.per_minute {
             return now;
         }
-        // The oldest send in the window leaves it 60 s after it happened.
-        self.sent.front().map_or(now, |t| *t + WINDOW)
+        // The oldest send in the window leaves it `window` after it happened.
+        self.sent.front().map_or(now, |t| *t + self.window)
     }
 
     /// Records a message sent at `now`.

@@ -373,3 +373,43 @@ async fn with_nothing_live_the_run_loop_does_not_wake() {
     d.stop().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_takes_five_ids_a_request_refuses_at_most_one_per_run() {
+    let docs: Vec<_> = (1..=12)
+        .map(|i| {
+            doc(
+                &format!("{}", 7_500_000_000_000_000_000u64 + i),
+                2,
+                Outcome::Completed,
+            )
+        })
+        .collect();
+    let mut s = scenario(vec![(DS, docs.clone())]);
+    s.max_ids = Some(5);
+    let sim = start_sim(s).await;
+    let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let work = Workdir::new();
+    work.write_config(&sim.base_url(), FAST_POLL, &watch(DS, &refs));
+    let mut d = Daemon::start(&work);
+    d.wait_for_count("document.completed", 12, SECS(20)).await;
+    assert_eq!(sim.stats().bad_requests, 1, "one refusal teaches the limit");
+    assert_eq!(
+        d.count("asking for fewer ids per request"),
+        1,
+        "logged once: {}",
+        d.lines().join("\n")
+    );
+    let line = d
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("asking for fewer ids"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("at most 5") && line.contains("logid"),
+        "{line}"
+    );
+    d.stop().await;
+    sim.shutdown().await;
+}

@@ -4,6 +4,7 @@
 //! request) and the shared [`RateLimiter`]. It does not decide when to poll or what an answer
 //! means for a document; that is the scheduler's and the tracker's job.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -24,6 +25,10 @@ use crate::config::{ApiConfig, ApiLimits};
 use crate::http::{self, BuildError, ReadError, TransportKind};
 use crate::ids::{DatasetId, DocumentId, SpaceId};
 use crate::secret::Secret;
+
+/// How much wider than a second (a minute) the client's quota windows are: requests sent
+/// exactly a second apart can arrive a little closer together.
+const SEND_MARGIN: Duration = Duration::from_millis(50);
 
 /// The largest answer body read; a larger one is an error, not an allocation.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -59,14 +64,15 @@ pub struct CozeClient {
     token: RwLock<Secret>,
     limiter: Mutex<RateLimiter>,
     permits: Semaphore,
-    batch_size: usize,
+    /// Ids per request: `max_ids_per_request`, lowered when the server says it takes fewer.
+    batch_size: AtomicUsize,
 }
 
 impl std::fmt::Debug for CozeClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CozeClient")
             .field("base_url", &crate::redact::url(self.base_url.as_str()))
-            .field("batch_size", &self.batch_size)
+            .field("batch_size", &self.batch_size())
             .finish_non_exhaustive()
     }
 }
@@ -82,18 +88,33 @@ impl CozeClient {
             http,
             base_url: settings.base_url,
             token: RwLock::new(settings.token),
-            limiter: Mutex::new(RateLimiter::new(
-                settings.limits.max_requests_per_second,
-                settings.limits.max_requests_per_day,
-                Instant::now(),
-            )),
+            limiter: Mutex::new(
+                RateLimiter::new(
+                    settings.limits.max_requests_per_second,
+                    settings.limits.max_requests_per_day,
+                    Instant::now(),
+                )
+                .with_margin(SEND_MARGIN),
+            ),
             permits: Semaphore::new(settings.limits.max_concurrent_requests.max(1)),
-            batch_size: settings.limits.max_ids_per_request.max(1),
+            batch_size: AtomicUsize::new(settings.limits.max_ids_per_request.max(1)),
         }))
     }
 
     pub fn batch_size(&self) -> usize {
-        self.batch_size
+        self.batch_size.load(Ordering::Relaxed)
+    }
+
+    /// After a refusal of `refused` ids as too many: the batch size from now on (the limit the
+    /// server's message names, else half), when that is lower than the current one.
+    pub fn learn_batch_limit(&self, refused: usize, msg: &str) -> Option<usize> {
+        let named = msg
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<usize>().ok())
+            .find(|n| (1..refused).contains(n));
+        let new = named.unwrap_or(refused / 2).max(1);
+        let old = self.batch_size.fetch_min(new, Ordering::Relaxed);
+        (new < old).then_some(new)
     }
 
     /// Replaces the token (after a reload or a re-read `token_file`).
@@ -120,7 +141,7 @@ impl CozeClient {
     /// Asks for `ids` of `dataset` in batches of `max_ids_per_request`, each through the
     /// shared limits. Returns one outcome per batch, in order.
     pub async fn process(&self, dataset: &DatasetId, ids: &[DocumentId]) -> Vec<BatchOutcome> {
-        let batches = ids.chunks(self.batch_size).map(|chunk| async move {
+        let batches = ids.chunks(self.batch_size()).map(|chunk| async move {
             BatchOutcome {
                 ids: chunk.to_vec(),
                 result: self.process_batch(dataset, chunk).await,

@@ -1,5 +1,7 @@
-//! The shared request budget: a token bucket per second (burst 2), an optional daily budget,
-//! and a pause that 429s and auth failures impose on every request.
+//! The shared request budget: never more than `floor(max_requests_per_second)` (at least 1)
+//! requests in any sliding second, nor 60 times that in any sliding minute (Coze's "2 per
+//! second, 60 per minute", read strictly), the configured average rate, an optional daily
+//! budget, and a pause that 429s and auth failures impose on every request.
 //!
 //! Pure logic on explicit instants: it never sleeps and never reads the clock itself. The client
 //! wraps it in a mutex and sleeps until the instant it names.
@@ -10,8 +12,6 @@ use tokio::time::Instant;
 
 use crate::window::Throttle;
 
-/// Requests allowed at once before the per-second rate applies.
-pub const BURST: f64 = 2.0;
 const DAY: f64 = 86_400.0;
 
 #[derive(Debug, Clone)]
@@ -51,9 +51,12 @@ impl Bucket {
 
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
-    per_second: Bucket,
-    /// At most `60 * per_second` in any minute, burst included (Coze quotas are per second
-    /// and per minute).
+    /// The average rate (no burst: a bucket of one).
+    rate: Bucket,
+    /// At most `floor(rate)` (at least 1) in any sliding second: a bucket alone lets a fraction
+    /// of a second's tokens and the next second's fall in one window.
+    per_second: Throttle,
+    /// At most 60 times that in any sliding minute.
     per_minute: Throttle,
     /// Capacity and rate are chosen so that no 24-hour window holds more than the budget:
     /// capacity + rate * 1 day == budget.
@@ -68,11 +71,11 @@ impl RateLimiter {
             let capacity = (budget / 48.0).max(1.0).min(budget);
             Bucket::new(capacity, (budget - capacity).max(0.0) / DAY, now)
         });
+        let whole = per_second.floor().clamp(1.0, f64::from(u32::MAX / 60)) as u32;
         RateLimiter {
-            per_minute: Throttle::new(
-                (per_second * 60.0).floor().clamp(1.0, u32::MAX as f64) as u32
-            ),
-            per_second: Bucket::new(BURST, per_second, now),
+            rate: Bucket::new(1.0, per_second, now),
+            per_second: Throttle::per(whole, Duration::from_secs(1)),
+            per_minute: Throttle::new(whole * 60),
             per_day,
             paused_until: None,
         }
@@ -86,10 +89,11 @@ impl RateLimiter {
             }
             self.paused_until = None;
         }
-        self.per_second.refill(now);
+        self.rate.refill(now);
         let mut ready = self
-            .per_second
+            .rate
             .ready_at(now)
+            .max(self.per_second.ready_at(now))
             .max(self.per_minute.ready_at(now));
         if let Some(day) = &mut self.per_day {
             day.refill(now);
@@ -103,12 +107,23 @@ impl RateLimiter {
         if ready > now {
             return Err(ready);
         }
-        self.per_second.tokens -= 1.0;
+        self.rate.tokens -= 1.0;
+        self.per_second.record(now);
         self.per_minute.record(now);
         if let Some(day) = &mut self.per_day {
             day.tokens -= 1.0;
         }
         Ok(())
+    }
+
+    /// Widens the per-second and per-minute windows by `margin`: the client's requests reach
+    /// the server with some jitter, so two sent exactly a second apart may arrive a little
+    /// less than a second apart; the server's own quota (the simulator's) uses no margin.
+    pub fn with_margin(mut self, margin: Duration) -> Self {
+        let (second, minute) = (self.per_second.per_minute(), self.per_minute.per_minute());
+        self.per_second = Throttle::per(second as u32, Duration::from_secs(1) + margin);
+        self.per_minute = Throttle::per(minute as u32, Duration::from_secs(60) + margin);
+        self
     }
 
     /// Stops every request until `until` (a 429's `Retry-After`, or an auth failure's backoff).
@@ -139,18 +154,60 @@ mod tests {
         out
     }
 
+    /// The most grants in any half-open window of `span` starting at a grant.
+    fn most_in_any(got: &[Duration], span: Duration) -> usize {
+        (0..got.len())
+            .map(|i| got[i..].iter().filter(|x| **x - got[i] < span).count())
+            .max()
+            .unwrap_or(0)
+    }
+
     #[test]
-    fn burst_of_two_then_the_configured_rate() {
+    fn never_more_than_floor_rps_in_any_sliding_second() {
+        let t0 = Instant::now();
+        for (rps, per_second) in [(1.0, 1), (1.5, 1), (2.0, 2), (2.7, 2), (10.0, 10), (0.5, 1)] {
+            let mut l = RateLimiter::new(rps, None, t0);
+            let got = grants_until(&mut l, t0, t0 + Duration::from_secs(30));
+            let most = most_in_any(&got, Duration::from_secs(1));
+            assert!(most <= per_second, "rps {rps}: {most} in one second");
+            assert!(most_in_any(&got, Duration::from_secs(60)) <= per_second * 60);
+        }
+    }
+
+    #[test]
+    fn a_request_exactly_one_second_after_another_is_in_a_new_window() {
         let t0 = Instant::now();
         let mut l = RateLimiter::new(1.0, None, t0);
+        assert_eq!(l.try_acquire(t0), Ok(()));
+        let second = t0 + Duration::from_secs(1);
+        assert_eq!(l.try_acquire(t0 + Duration::from_millis(999)), Err(second));
+        assert_eq!(l.try_acquire(second), Ok(()));
+        let mut two = RateLimiter::new(2.0, None, t0);
+        let got = grants_until(&mut two, t0, t0 + Duration::from_secs(2));
+        let ms: Vec<u128> = got.iter().map(Duration::as_millis).collect();
+        assert_eq!(
+            ms,
+            [0, 500, 1000, 1500, 2000],
+            "evenly spaced, edges included"
+        );
+    }
+
+    #[test]
+    fn a_margin_keeps_requests_more_than_a_second_apart() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(2.0, None, t0).with_margin(Duration::from_millis(50));
         let got = grants_until(&mut l, t0, t0 + Duration::from_secs(10));
-        assert_eq!(got[0], Duration::ZERO);
-        assert_eq!(got[1], Duration::ZERO);
-        assert_eq!(got.len(), 12, "2 burst + 10 at 1/s: {got:?}");
-        for w in got[2..].windows(2) {
-            let gap = w[1] - w[0];
-            assert!(gap >= Duration::from_millis(999), "gap {gap:?}");
+        for (i, g) in got.iter().enumerate().skip(2) {
+            assert!(*g - got[i - 2] >= Duration::from_millis(1050), "{got:?}");
         }
+    }
+
+    #[test]
+    fn a_fractional_rate_keeps_its_average() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(0.5, None, t0);
+        let got = grants_until(&mut l, t0, t0 + Duration::from_secs(60));
+        assert_eq!(got.len(), 31, "one at once, then one every 2 s: {got:?}");
     }
 
     #[test]
@@ -175,7 +232,7 @@ mod tests {
         let t0 = Instant::now();
         let mut l = RateLimiter::new(2.0, None, t0);
         let got = grants_until(&mut l, t0, t0 + Duration::from_millis(59_999));
-        // 2/s is 120 a minute, burst included.
+        // 2/s is 120 a minute.
         assert!(got.len() <= 120 && got.len() >= 118, "{}", got.len());
     }
 

@@ -23,9 +23,14 @@ pub struct Scenario {
     pub hints: Hints,
     #[serde(default)]
     pub faults: Faults,
-    /// Enforce a per-space quota like Coze's (requests per second, burst 2): excess gets 429.
+    /// Enforce a per-space quota like Coze's, read strictly: at most floor(this) requests in any
+    /// sliding second and 60 times that in any sliding minute; excess gets 429 (code 4013).
     #[serde(default)]
     pub quota_per_second: Option<f64>,
+    /// The most document ids one `/process` request may carry; more get code 4000 ("too many
+    /// document_ids (at most N)"). `None`: no limit.
+    #[serde(default)]
+    pub max_ids: Option<usize>,
     /// Serve like a self-hosted Coze Studio: document-list pages from 0.
     #[serde(default)]
     pub studio: bool,
@@ -330,6 +335,7 @@ pub fn generate(g: &Generator) -> Scenario {
         hints: g.hints,
         faults: Faults::default(),
         quota_per_second: None,
+        max_ids: None,
         studio: false,
         create_duration: default_create_duration(),
         datasets,

@@ -39,6 +39,9 @@ pub struct Stats {
     pub faults: u64,
     /// Document ids asked for, summed over requests.
     pub ids_requested: u64,
+    /// `/process` requests refused with code 4000 (a malformed id, too many ids).
+    #[serde(default)]
+    pub bad_requests: u64,
     /// Requests to the listing endpoints (`/v1/datasets`, the document list).
     #[serde(default)]
     pub listings: u64,
@@ -321,8 +324,18 @@ async fn answer(
     }
     let ids = match parse_request(body) {
         Ok(ids) => ids,
-        Err(msg) => return envelope_error(StatusCode::OK, 4000, &msg, logid),
+        Err(msg) => {
+            lock(&s.stats).bad_requests += 1;
+            return envelope_error(StatusCode::OK, 4000, &msg, logid);
+        }
     };
+    if let Some(max) = s.scenario.max_ids
+        && ids.len() > max
+    {
+        lock(&s.stats).bad_requests += 1;
+        let msg = format!("too many document_ids (at most {max})");
+        return envelope_error(StatusCode::OK, 4000, &msg, logid);
+    }
     lock(&s.stats).ids_requested += ids.len() as u64;
     let data: Vec<Value> = {
         let catalog = lock(&s.catalog);

@@ -33,6 +33,7 @@ pub fn scenario(datasets: Vec<(&str, Vec<SimDocument>)>) -> Scenario {
         hints: sim::Hints::Honest,
         faults: sim::Faults::default(),
         quota_per_second: None,
+        max_ids: None,
         studio: false,
         create_duration: std::time::Duration::from_secs(3),
         datasets: datasets
