@@ -8,7 +8,7 @@ mod helper;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use coze_watch::sim::{Faults, Outcome, SimDataset, SimHandle};
+use coze_watch::sim::{Faults, Outcome, Scenario, SimDataset, SimHandle};
 use helper::daemon::{Daemon, FAST_POLL, Workdir, watch};
 use helper::receiver::{Receiver, reserve_port};
 use helper::{doc, http, scenario, start_sim, wait_until};
@@ -57,13 +57,10 @@ async fn listings(sim: &SimHandle, n: u64) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_baseline_fires_only_for_documents_processing_when_the_entry_is_adopted() {
-    let mut docs: Vec<_> = (1..=50)
-        .map(|i| doc(&id(i), 0, Outcome::Completed))
-        .collect();
-    docs.extend((51..=55).map(|i| doc(&id(i), 2, Outcome::Completed)));
-    let sim = start_sim(scenario(vec![(DS, docs)])).await;
+/// The simulator serving `s`, a receiver, and the daemon watching knowledge base `DS` whole
+/// (`documents: all`), with `api_extra` lines added under `api:`.
+async fn watch_whole(s: Scenario, api_extra: &str) -> (SimHandle, Receiver, Workdir, Daemon) {
+    let sim = start_sim(s).await;
     let rx = Receiver::start(vec![]).await;
     let work = Workdir::new();
     let rest = format!(
@@ -71,7 +68,23 @@ async fn the_baseline_fires_only_for_documents_processing_when_the_entry_is_adop
         hook(&rx.url("/h"))
     );
     work.write_config(&sim.base_url(), &poll(), &rest);
-    let mut d = Daemon::start(&work);
+    if !api_extra.is_empty() {
+        let config = std::fs::read_to_string(work.config_path())
+            .unwrap()
+            .replace("api:\n", &format!("api:\n{api_extra}"));
+        std::fs::write(work.config_path(), config).unwrap();
+    }
+    let d = Daemon::start(&work);
+    (sim, rx, work, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_baseline_fires_only_for_documents_processing_when_the_entry_is_adopted() {
+    let mut docs: Vec<_> = (1..=50)
+        .map(|i| doc(&id(i), 0, Outcome::Completed))
+        .collect();
+    docs.extend((51..=55).map(|i| doc(&id(i), 2, Outcome::Completed)));
+    let (sim, rx, work, mut d) = watch_whole(scenario(vec![(DS, docs)]), "").await;
     wait_until("five events", SECS(20), || rx.requests().len() >= 5).await;
     listings(&sim, 3).await;
     let got: BTreeSet<String> = received(&rx).into_iter().map(|(doc, _)| doc).collect();
@@ -91,15 +104,7 @@ async fn the_baseline_fires_only_for_documents_processing_when_the_entry_is_adop
 async fn a_document_created_and_finished_between_two_listings_fires_once() {
     let mut s = scenario(vec![(DS, vec![doc(&id(1), 0, Outcome::Completed)])]);
     s.create_duration = Duration::ZERO;
-    let sim = start_sim(s).await;
-    let rx = Receiver::start(vec![]).await;
-    let work = Workdir::new();
-    let rest = format!(
-        "{}watch:\n  - dataset: \"{DS}\"\n    documents: all\n",
-        hook(&rx.url("/h"))
-    );
-    work.write_config(&sim.base_url(), &poll(), &rest);
-    let mut d = Daemon::start(&work);
+    let (sim, rx, _work, mut d) = watch_whole(s, "").await;
     listings(&sim, 2).await;
     let created: serde_json::Value = http()
         .post(format!(
@@ -402,21 +407,7 @@ async fn coze_studio_pages_from_zero_and_a_big_knowledge_base_is_listed_whole() 
     docs.extend((1..=250).map(|i| doc(&id(i), 0, Outcome::Completed)));
     let mut s = scenario(vec![(DS, docs)]);
     s.studio = true;
-    s.create_duration = Duration::ZERO;
-    let sim = start_sim(s).await;
-    let rx = Receiver::start(vec![]).await;
-    let work = Workdir::new();
-    let rest = format!(
-        "{}watch:\n  - dataset: \"{DS}\"\n    documents: all\n",
-        hook(&rx.url("/h"))
-    );
-    let poll_studio = poll();
-    work.write_config(&sim.base_url(), &poll_studio, &rest);
-    let config = std::fs::read_to_string(work.config_path())
-        .unwrap()
-        .replace("api:\n", "api:\n  flavor: studio\n");
-    std::fs::write(work.config_path(), config).unwrap();
-    let mut d = Daemon::start(&work);
+    let (sim, rx, _work, mut d) = watch_whole(s, "  flavor: studio\n").await;
     wait_until("the processing document", SECS(20), || {
         !rx.requests().is_empty()
     })
@@ -493,19 +484,12 @@ async fn a_refused_reload_is_visible_in_status_and_metrics() {
 async fn a_server_that_repeats_its_first_page_never_makes_the_listing_loop() {
     let mut docs = vec![doc(&id(300), 2, Outcome::Completed)];
     docs.extend((1..=250).map(|i| doc(&id(i), 0, Outcome::Completed)));
-    let sim = start_sim(scenario(vec![(DS, docs)])).await;
-    sim.set_faults(Faults {
+    let mut s = scenario(vec![(DS, docs)]);
+    s.faults = Faults {
         repeat_pages: true,
         ..Faults::default()
-    });
-    let rx = Receiver::start(vec![]).await;
-    let work = Workdir::new();
-    let rest = format!(
-        "{}watch:\n  - dataset: \"{DS}\"\n    documents: all\n",
-        hook(&rx.url("/h"))
-    );
-    work.write_config(&sim.base_url(), &poll(), &rest);
-    let mut d = Daemon::start(&work);
+    };
+    let (sim, rx, _work, mut d) = watch_whole(s, "").await;
     wait_until("the document on the first page", SECS(20), || {
         !rx.requests().is_empty()
     })
