@@ -123,8 +123,7 @@ pub fn snapshot(
     now: UnixMs,
 ) -> Result<StatusReport, StoreError> {
     let schedules = store.load_schedules()?;
-    // Old stores (before schema 3) have no discovery table: nothing discovered.
-    let scopes = store.load_scopes().unwrap_or_default();
+    let scopes = store.load_scopes()?;
     let covered: BTreeSet<String> = scopes
         .values()
         .flat_map(|s| s.covered().map(ToString::to_string).collect::<Vec<_>>())
@@ -178,11 +177,8 @@ pub fn snapshot(
         .collect();
     let pending = store.deliveries("pending", DELIVERIES_LISTED)?;
     let dead = store.deliveries("dead", DELIVERIES_LISTED)?;
-    // Old stores (before schema 3) have no meta table: no reload recorded.
     let last_reload = store
-        .meta(LAST_RELOAD)
-        .ok()
-        .flatten()
+        .meta(LAST_RELOAD)?
         .and_then(|text| serde_json::from_str(&text).ok());
     let mut discovery: Vec<ScopeView> = scopes
         .iter()

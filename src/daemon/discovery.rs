@@ -374,7 +374,11 @@ impl Job {
             (Scope::Space(space), Some(entry)) => {
                 self.space(space, entry, &mut state, now, &mut found).await
             }
-            (Scope::Dataset(ds), _) => self.dataset(ds, None, &mut state, now, &mut found).await,
+            (Scope::Dataset(ds), _) => {
+                let mut known = HashMap::new();
+                self.list_dataset(ds, None, &mut state, now, &mut found, &mut known)
+                    .await
+            }
             (Scope::Space(_), None) => Ok(()),
         };
         found.failure = result.err();
@@ -430,7 +434,7 @@ impl Job {
         }
         for ds in to_list {
             let info = probe.iter().find(|p| p.dataset_id == ds);
-            self.dataset_known(&ds, info, state, now, found, &mut known)
+            self.list_dataset(&ds, info, state, now, found, &mut known)
                 .await?;
         }
         Ok(())
@@ -469,21 +473,8 @@ impl Job {
         Ok(all)
     }
 
-    async fn dataset(
-        &self,
-        ds: &DatasetId,
-        info: Option<&DatasetInfo>,
-        state: &mut ScopeState,
-        now: UnixMs,
-        found: &mut Found,
-    ) -> Result<(), Stop> {
-        let mut known = HashMap::new();
-        self.dataset_known(ds, info, state, now, found, &mut known)
-            .await
-    }
-
     /// Lists one knowledge base completely and decides about its documents.
-    async fn dataset_known(
+    async fn list_dataset(
         &self,
         ds: &DatasetId,
         info: Option<&DatasetInfo>,

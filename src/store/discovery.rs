@@ -96,7 +96,12 @@ impl From<ScopeRow> for ScopeState {
 
 impl Store {
     /// Every scope discovery has seen, by scope.
+    /// A store older than schema 3 (opened read-only by `status` before a daemon migrated it)
+    /// has none: empty.
     pub fn load_scopes(&self) -> Result<HashMap<Scope, ScopeState>, StoreError> {
+        if !self.has_table("discovery")? {
+            return Ok(HashMap::new());
+        }
         let mut stmt = self
             .conn
             .prepare("SELECT scope, data FROM discovery")
@@ -160,12 +165,27 @@ impl Store {
     }
 
     /// A small fact (`meta` table), if set.
+    /// `None` too on a store older than schema 3, which has no `meta` table.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        if !self.has_table("meta")? {
+            return Ok(None);
+        }
         self.conn
             .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
                 r.get(0)
             })
             .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    fn has_table(&self, name: &str) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                params![name],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
             .map_err(|e| self.err(e))
     }
 
