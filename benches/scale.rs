@@ -2,7 +2,9 @@
 //! same workload with two naive pollers, reported against the lower bound `L`.
 //!
 //! `cargo bench --bench scale -- [--quick | --sparse | --documents N --datasets M | --hints
-//! x2|half|zero | --rps R | --discovery [--quick] [--idle DUR]]`. Each contender gets a fresh simulator. The daemon runs as a child
+//! x2|half|zero | --rps R | --discovery [--quick] [--idle DUR]]`. Each contender gets a fresh
+//! simulator; with lying hints the daemon also runs on honest ones, in the same run, for the
+//! ratio. The daemon runs as a child
 //! process with a webhook notifier pointed at a receiver inside the bench; detection latency
 //! is the receipt time minus the simulator's true terminal time.
 
@@ -657,9 +659,11 @@ fn main() {
         println!("|------------|-----------|---------|--------|-------|---------|---------|---------|----------|--------|---------------------------|");
         let expected = t.terminal.len();
         let mut config = String::new();
+        let mut lying: Option<(f64, u64)> = None;
         if wants("daemon") {
             let (r, c) = run_daemon(&w).await;
             println!("{}", row("daemon", &r, l, expected));
+            lying = Some((pct(&r.latencies, 0.95), r.requests));
             let ms = |v: Option<f64>| v.map_or("-".to_string(), |m| format!("{m:.0} ms"));
             config = format!(
                 "{c}\n(READY=1 after {} on a fresh store; after {} on restart with the {} documents stored)",
@@ -667,6 +671,21 @@ fn main() {
                 ms(r.restart_ready_ms),
                 t.documents
             );
+        }
+        if wants("daemon") && w.generator.hints != Hints::Honest {
+            // The same workload with honest hints, in the same run: what lying hints cost.
+            let mut honest = w.clone();
+            honest.generator.hints = Hints::Honest;
+            let (r, _) = run_daemon(&honest).await;
+            println!("{}", row("honest", &r, l, expected));
+            if let Some((p95, requests)) = lying {
+                println!(
+                    "{:?} hints against honest ones: p95 x{:.2}, requests x{:.2}",
+                    w.generator.hints,
+                    p95 / pct(&r.latencies, 0.95),
+                    requests as f64 / r.requests.max(1) as f64
+                );
+            }
         }
         if wants("batched-5s") {
             let r = run_batched(&w).await;

@@ -5,8 +5,8 @@
 
 use crate::config::{self, Config, NotifierKind, TokenSource};
 
-/// The summary for stdout, and a warning for stderr when the worst case may exceed the
-/// published daily quota.
+/// The summary for stdout, and a warning for stderr when the sustained pace exceeds the
+/// configured or published daily quota.
 pub fn render_summary(c: &Config) -> (String, Option<String>) {
     let token_from = match &c.api.token_source {
         TokenSource::Env(name) => format!("${name}"),
@@ -58,14 +58,36 @@ pub fn render_summary(c: &Config) -> (String, Option<String>) {
     }
     out.push_str(&line);
     out.push('\n');
-    let warning = (capped > config::PUBLISHED_DAILY_QUOTA
-        && c.api.limits.max_requests_per_day.is_none())
-    .then(|| {
-        format!(
-            "the worst case exceeds Coze's published quota of {} requests/day per space; \
-                 set api.max_requests_per_day to your plan's quota",
+    let (_, sustained) = c.sustained_requests_per_day();
+    out.push_str(&format!(
+        "sustained:  {sustained} requests/day with every document processing all day \
+         (each batch every {}{})\n",
+        humantime::format_duration(c.poll.max_interval),
+        if c.watch.discovers() {
+            ", discovery listings; plus the documents discovery finds"
+        } else {
+            ""
+        }
+    ));
+    (out, quota_warning(c, sustained))
+}
+
+/// A warning when the sustained pace really exceeds the daily quota: the configured
+/// `max_requests_per_day` (the limiter then holds polls back), else Coze's published one.
+fn quota_warning(c: &Config, sustained: u64) -> Option<String> {
+    match c.api.limits.max_requests_per_day {
+        Some(budget) if sustained > budget => Some(format!(
+            "the sustained pace ({sustained} requests/day) exceeds api.max_requests_per_day \
+             ({budget}): the limiter will hold polls back and detection will be late; \
+             raise poll.max_interval or the budget"
+        )),
+        Some(_) => None,
+        None if sustained > config::PUBLISHED_DAILY_QUOTA => Some(format!(
+            "the sustained pace ({sustained} requests/day) exceeds Coze's published quota of \
+             {} requests/day per space; set api.max_requests_per_day to your plan's quota \
+             (the daemon then stays within it) or raise poll.max_interval",
             config::PUBLISHED_DAILY_QUOTA
-        )
-    });
-    (out, warning)
+        )),
+        None => None,
+    }
 }

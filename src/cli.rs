@@ -80,7 +80,12 @@ pub enum Command {
     },
     /// A zero-set-up tour: the simulator and the daemon on loopback, narrated; exits by itself.
     #[command(after_help = "Example:\n  coze-watch demo")]
-    Demo,
+    Demo {
+        /// Show the daemon's log lines among the narration (else they go to a file named at
+        /// the end).
+        #[arg(long)]
+        verbose: bool,
+    },
     /// Print shell completions (bash, zsh, fish) for coze-watch.
     #[command(
         after_help = "Examples:\n  coze-watch completions bash > /usr/share/bash-completion/completions/coze-watch\n  coze-watch completions fish > ~/.config/fish/completions/coze-watch.fish"

@@ -74,13 +74,17 @@ pub fn render_text(r: &Report) -> String {
     out.push_str(&format!("{} dead deliveries\n", r.dead.len()));
     for d in &r.dead {
         out.push_str(&format!(
-            "  {} {} {} -> {} (attempts {}): {}\n",
+            "  {} {} {} -> {} (attempts {}, dead since {}): {}\n",
             d.event_id,
             d.event_type,
             d.document_id,
             d.notifier,
             d.attempts,
-            d.last_error.as_deref().unwrap_or_default().escape_debug()
+            d.updated_at.rfc3339_seconds(),
+            crate::status::one_line(
+                d.last_error.as_deref().unwrap_or_default(),
+                crate::status::ERROR_CHARS
+            )
         ));
     }
     out

@@ -238,7 +238,15 @@ pub enum DemoError {
 }
 
 /// Runs the demo; returns when every expected event arrived or the deadline passed.
-pub async fn run() -> Result<(), DemoError> {
+/// Where the demo's daemon logs unless `--verbose`: beside (not in) its state dir, which the
+/// demo removes at the end.
+pub fn log_path() -> PathBuf {
+    std::env::temp_dir().join(format!("coze-watch-demo-{}.log", std::process::id()))
+}
+
+/// Runs the demo; `log` is the file the daemon's log goes to (named at the end), `None` when
+/// it goes to stderr.
+pub async fn run(log: Option<&std::path::Path>) -> Result<(), DemoError> {
     let scenario = scenario();
     // The scenario's documents and the one uploaded while the daemon runs.
     let expected = scenario.datasets[0].documents.len() + 1;
@@ -348,6 +356,12 @@ pub async fn run() -> Result<(), DemoError> {
     );
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&state_dir);
+    if let Some(log) = log {
+        println!(
+            "  the daemon's log: {} (`coze-watch demo --verbose` shows it inline)",
+            log.display()
+        );
+    }
     println!("\nnext, for a real knowledge base:");
     println!(
         "  export COZE_API_TOKEN=pat_...   # readDocumentProgress, listKnowledge, listDocument"

@@ -87,6 +87,28 @@ impl EventId {
         EventId(id.into())
     }
 
+    /// The id of the `occurrence`-th event of `event_type` for a document (1 for the first):
+    /// `evt_` + the first 16 bytes, in lowercase hex, of the SHA-256 of
+    /// `<dataset_id>/<document_id>/<event type>/<occurrence>`. Derived, not random, so the same
+    /// event has the same id on a rebuilt store and on any instance.
+    pub fn derive(
+        dataset_id: &str,
+        document_id: &str,
+        event_type: EventType,
+        occurrence: u32,
+    ) -> Self {
+        let key = format!("{dataset_id}/{document_id}/{event_type}/{occurrence}");
+        Self::from_key(&key)
+    }
+
+    /// `evt_` + 32 hex digits of the SHA-256 of `key`.
+    pub fn from_key(key: &str) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        EventId(format!("evt_{hex}"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -95,5 +117,35 @@ impl EventId {
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_ids_are_fixed_width_and_differ_by_every_input() {
+        let id = EventId::derive("7", "42", EventType::Completed, 1);
+        assert_eq!(id.as_str().len(), 4 + 32);
+        assert!(id.as_str().starts_with("evt_"));
+        assert_eq!(id, EventId::derive("7", "42", EventType::Completed, 1));
+        for other in [
+            EventId::derive("8", "42", EventType::Completed, 1),
+            EventId::derive("7", "43", EventType::Completed, 1),
+            EventId::derive("7", "42", EventType::Failed, 1),
+            EventId::derive("7", "42", EventType::Completed, 2),
+        ] {
+            assert_ne!(id, other);
+        }
+    }
+
+    #[test]
+    fn the_derivation_is_the_documented_one() {
+        // printf '7/42/document.completed/1' | sha256sum | cut -c1-32
+        assert_eq!(
+            EventId::derive("7", "42", EventType::Completed, 1).as_str(),
+            "evt_58a0ba1cbeff6c7f4ebd489e93d5c9c0"
+        );
     }
 }

@@ -58,3 +58,4 @@ pub mod wall;
 pub mod window;
 pub mod secret;
 pub mod redact;
+pub mod access;

@@ -72,9 +72,17 @@ fn main() -> ExitCode {
                 ExitCode::from(exit::FAILURE)
             }
         },
-        Command::Demo => run_async(async {
-            logging::init("coze_watch::event=info,warn", LogFormat::Text);
-            coze_watch::demo::run().await?;
+        Command::Demo { verbose } => run_async(async move {
+            let filter = "coze_watch::event=info,warn";
+            let log = if verbose {
+                logging::init(filter, LogFormat::Text);
+                None
+            } else {
+                let path = coze_watch::demo::log_path();
+                logging::init_file(filter, std::fs::File::create(&path)?);
+                Some(path)
+            };
+            coze_watch::demo::run(log.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }),
     }

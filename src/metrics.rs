@@ -1,5 +1,6 @@
-//! Counters and gauges the daemon exposes on `/metrics` (Prometheus text), every name prefixed
-//! `coze_watch_`, and the health state behind `/healthz`.
+//! Counters and gauges the daemon exposes on `/metrics` (OpenMetrics, or the classic
+//! Prometheus text format, as the scraper's `Accept` asks), every name prefixed `coze_watch_`,
+//! and the health state behind `/healthz`.
 //!
 //! The run loop and the dispatcher only increment; gauges that describe the store (documents by
 //! state, outbox depth) are read from the store at scrape time by `ops`. Nothing here does I/O.
@@ -183,14 +184,109 @@ impl Metrics {
             .inc();
     }
 
-    /// Prometheus text exposition of everything registered.
-    pub fn encode(&self) -> String {
+    /// Everything registered, in the format the scraper asked for.
+    pub fn encode(&self, format: Exposition) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
-        out
+        match format {
+            Exposition::OpenMetrics => out,
+            Exposition::Classic => to_classic(&out),
+        }
     }
+}
+
+/// The two text formats of `/metrics`, chosen by the scraper's `Accept` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0 (`# EOF`, counter families named without `_total`).
+    OpenMetrics,
+    /// The classic Prometheus text format 0.0.4.
+    Classic,
+}
+
+impl Exposition {
+    /// OpenMetrics when the `Accept` header takes it at least as willingly as plain text,
+    /// else the classic format (also with no header).
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let (mut open, mut plain) = (0.0_f64, 0.0_f64);
+        for range in accept.unwrap_or_default().split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.strip_prefix("q="))
+                .find_map(|q| q.parse::<f64>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => open = open.max(q),
+                "text/plain" | "text/*" | "*/*" => plain = plain.max(q),
+                _ => {}
+            }
+        }
+        if open > 0.0 && open >= plain {
+            Exposition::OpenMetrics
+        } else {
+            Exposition::Classic
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Exposition::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// Rewrites an OpenMetrics exposition in the classic text format: no `# EOF` or `# UNIT`,
+/// counter families named by their `_total` sample, no `_created` samples.
+fn to_classic(open: &str) -> String {
+    let mut out = String::with_capacity(open.len());
+    let mut help: Option<&str> = None;
+    let mut counters: Vec<&str> = Vec::new();
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            // Held until the TYPE line says whether the family is a counter.
+            help = Some(line);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => {
+                    counters.push(name);
+                    (format!("{name}_total"), "counter")
+                }
+                "gauge" | "histogram" | "summary" => (name.to_string(), kind),
+                _ => (name.to_string(), "untyped"),
+            };
+            if let Some(h) = help.take() {
+                let text = h
+                    .strip_prefix("# HELP ")
+                    .and_then(|r| r.split_once(' '))
+                    .map_or("", |(_, t)| t);
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        let sample = line.split([' ', '{']).next().unwrap_or_default();
+        if sample
+            .strip_suffix("_created")
+            .is_some_and(|family| counters.contains(&family))
+        {
+            continue;
+        }
+        // Exemplars (` # {...}`) are OpenMetrics only.
+        let line = line.split_once(" # ").map_or(line, |(l, _)| l);
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// Whether polls succeed, and if not, why.
@@ -298,7 +394,7 @@ mod tests {
         m.poll(true);
         m.api_error("auth");
         m.delivery("hook", "delivered");
-        let text = m.encode();
+        let text = m.encode(Exposition::OpenMetrics);
         for line in text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -316,6 +412,46 @@ mod tests {
         assert!(
             text.contains("coze_watch_deliveries_total{notifier=\"hook\",result=\"delivered\"} 1")
         );
+    }
+
+    #[test]
+    fn the_accept_header_picks_the_format() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                          version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(
+            Exposition::negotiate(Some(prometheus)),
+            Exposition::OpenMetrics
+        );
+        for classic in [
+            None,
+            Some("*/*"),
+            Some("text/plain"),
+            Some("text/plain;version=0.0.4,application/openmetrics-text;q=0.5"),
+            Some("application/openmetrics-text;q=0"),
+        ] {
+            assert_eq!(
+                Exposition::negotiate(classic),
+                Exposition::Classic,
+                "{classic:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_total_and_has_no_eof() {
+        let m = Metrics::new();
+        m.poll(true);
+        let text = m.encode(Exposition::Classic);
+        assert!(
+            text.contains("# TYPE coze_watch_polls_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP coze_watch_polls_total "), "{text}");
+        assert!(
+            text.contains("coze_watch_polls_total{result=\"ok\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT") && !text.contains("_created"));
     }
 
     #[test]

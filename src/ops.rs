@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WatchList;
-use crate::metrics::{Metrics, StateLabel};
+use crate::metrics::{Exposition, Metrics, StateLabel};
 use crate::runtime::{self, AddRequest, EntryView, InputError};
 use crate::secret::Secret;
 use crate::status;
@@ -90,7 +90,8 @@ async fn healthz(State(s): State<OpsState>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<OpsState>) -> Response {
+async fn metrics(State(s): State<OpsState>, headers: HeaderMap) -> Response {
+    let format = Exposition::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let gauges = s
         .store
         .read_long(|st| Ok((st.count_by_state()?, st.outbox_depth()?)))
@@ -122,11 +123,8 @@ async fn metrics(State(s): State<OpsState>) -> Response {
         .healthy
         .set(i64::from(s.metrics.health.problems().is_none()));
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        s.metrics.encode(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        s.metrics.encode(format),
     )
         .into_response()
 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use crate::coze::error::Reply;
 use crate::coze::{ApiError, CozeClient, DocumentProgress};
 use crate::ids::{DatasetId, DocumentId};
 use crate::schedule::Processing;
@@ -22,6 +23,9 @@ pub struct PollReport {
     pub failure: Option<ApiError>,
     /// Requests sent, including bisections and confirmations.
     pub requests: u32,
+    /// The kind ([`ApiError::kind`]) of every request that failed, bisections and
+    /// confirmations included: the metrics count each.
+    pub refused: Vec<&'static str>,
     /// The dataset was not found (4200). Its documents were observed as absent; the daemon
     /// lets the missing rules decide, `wait` gives up.
     pub dataset_not_found: Option<ApiError>,
@@ -63,9 +67,11 @@ pub async fn poll_dataset(
         match batch.result {
             Ok(answer) => note_answer(&mut seen, &batch.ids, answer.documents, false),
             Err(ApiError::BadRequest { reply, .. }) if too_many(&reply.msg) => {
+                report.refused.push("bad_request");
                 learn_and_retry(client, dataset, batch.ids, &reply, &mut seen, &mut report).await
             }
-            Err(ApiError::BadRequest { .. }) => {
+            Err(ApiError::BadRequest { reply, .. }) => {
+                refused_batch(dataset, batch.ids.len(), &reply, &mut report);
                 bisect(client, dataset, batch.ids, &mut seen, &mut report).await
             }
             Err(e) => note_error(&mut seen, &batch.ids, e, &mut report, false),
@@ -139,6 +145,7 @@ fn note_error(
     report: &mut PollReport,
     confirming: bool,
 ) {
+    report.refused.push(e.kind());
     if let ApiError::DatasetNotFound(_) = e {
         tracing::warn!(error = %e, "dataset not found; its documents count as absent");
         for id in asked {
@@ -168,7 +175,7 @@ async fn learn_and_retry(
     client: &CozeClient,
     dataset: &DatasetId,
     ids: Vec<DocumentId>,
-    reply: &crate::coze::error::Reply,
+    reply: &Reply,
     seen: &mut HashMap<DocumentId, Seen>,
     report: &mut PollReport,
 ) {
@@ -182,7 +189,8 @@ async fn learn_and_retry(
         report.requests += 1;
         match client.process_batch(dataset, chunk).await {
             Ok(answer) => note_answer(seen, chunk, answer.documents, false),
-            Err(ApiError::BadRequest { .. }) => {
+            Err(ApiError::BadRequest { reply, .. }) => {
+                refused_batch(dataset, chunk.len(), &reply, report);
                 bisect(client, dataset, chunk.to_vec(), seen, report).await
             }
             Err(e) => note_error(seen, chunk, e, report, false),
@@ -198,11 +206,15 @@ async fn bisect(
     seen: &mut HashMap<DocumentId, Seen>,
     report: &mut PollReport,
 ) {
-    let mut pending = vec![batch];
-    while let Some(ids) = pending.pop() {
+    let mut pending = vec![(batch, None::<Box<Reply>>)];
+    while let Some((ids, refusal)) = pending.pop() {
         if ids.len() <= 1 {
+            let (msg, logid) = refusal.as_deref().map_or(("", ""), |r| {
+                (r.msg.as_str(), r.logid.as_deref().unwrap_or(""))
+            });
             for id in ids {
-                tracing::warn!(document_id = %id, %dataset, "the API rejects this id as malformed");
+                tracing::warn!(document_id = %id, %dataset, msg, logid,
+                    "the API rejects this id as malformed");
                 seen.insert(id, Seen::Rejected);
             }
             continue;
@@ -212,10 +224,24 @@ async fn bisect(
             report.requests += 1;
             match client.process_batch(dataset, &half).await {
                 Ok(answer) => note_answer(seen, &half, answer.documents, false),
-                Err(ApiError::BadRequest { .. }) => pending.push(half),
+                Err(ApiError::BadRequest { reply, .. }) => {
+                    refused_batch(dataset, half.len(), &reply, report);
+                    pending.push((half, Some(reply)));
+                }
                 Err(e) => note_error(seen, &half, e, report, false),
             }
         }
+    }
+}
+
+/// A batch refused with a 400 that is not about its size: counted, logged with the server's
+/// words, then split.
+fn refused_batch(dataset: &DatasetId, ids: usize, reply: &Reply, report: &mut PollReport) {
+    report.refused.push("bad_request");
+    if ids > 1 {
+        tracing::info!(%dataset, ids, msg = %reply.msg,
+            logid = reply.logid.as_deref().unwrap_or(""),
+            "the API refused a batch; splitting it to find the ids it rejects");
     }
 }
 

@@ -59,36 +59,30 @@ pub enum Failure {
     AtMaximum,
 }
 
-/// What an API error means for the schedule: how the dataset backs off, how long every
-/// request pauses (the token and the quota are shared), and whether `token_file` is read
-/// again. The daemon and `wait` both act on it.
+/// What an API error means for the schedule: how the dataset backs off, and how long every
+/// request pauses (the token and the quota are shared). The daemon and `wait` both act on it.
+/// (After a 401 the client re-reads `token_file` before each request by itself.)
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ErrorReaction {
     pub failure: Failure,
     pub pause_all: Option<Duration>,
-    pub reread_token: bool,
 }
 
 /// The reaction to `e` (SPEC section 1's table).
 pub fn reaction(e: &ApiError, policy: &SchedulePolicy) -> ErrorReaction {
-    let (failure, pause_all, reread_token) = match e {
-        ApiError::Auth(_) => (Failure::AtMaximum, Some(policy.backoff.max), true),
-        ApiError::Permission { .. } | ApiError::Local(_) => (Failure::AtMaximum, None, false),
+    let (failure, pause_all) = match e {
+        ApiError::Auth(_) => (Failure::AtMaximum, Some(policy.backoff.max)),
+        ApiError::Permission { .. } | ApiError::Local(_) => (Failure::AtMaximum, None),
         ApiError::RateLimited { retry_after, .. } => (
             Failure::RateLimited {
                 retry_after: *retry_after,
             },
             // With a Retry-After the client has paused itself already.
             retry_after.is_none().then_some(policy.backoff.initial),
-            false,
         ),
-        _ => (Failure::Backoff, None, false),
+        _ => (Failure::Backoff, None),
     };
-    ErrorReaction {
-        failure,
-        pause_all,
-        reread_token,
-    }
+    ErrorReaction { failure, pause_all }
 }
 
 #[derive(Clone, Debug, Default)]

@@ -84,6 +84,8 @@ pub struct DeliveryView {
     pub notifier: String,
     pub attempts: u32,
     pub next_attempt_at: String,
+    /// When a dead delivery died; `None` for a pending one.
+    pub dead_since: Option<String>,
     pub last_error: Option<String>,
 }
 
@@ -97,9 +99,31 @@ impl From<DeliveryRow> for DeliveryView {
             notifier: d.notifier,
             attempts: d.attempts,
             next_attempt_at: d.next_attempt_at.rfc3339_seconds(),
+            dead_since: (d.status == "dead").then(|| d.updated_at.rfc3339_seconds()),
             last_error: d.last_error,
         }
     }
+}
+
+/// The most characters of an error shown on one line.
+pub const ERROR_CHARS: usize = 300;
+
+/// `text` on one line for a terminal: control characters replaced (line breaks and tabs by a
+/// space, the rest by U+FFFD), at most `max` characters (then `…`).
+pub fn one_line(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| match c {
+            '\n' | '\r' | '\t' => ' ',
+            c if c.is_control() => '\u{FFFD}',
+            c => c,
+        })
+        .take(max)
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// `coze-watch status [--json]`: opens the store of `config` read-only and renders what it
@@ -285,17 +309,20 @@ pub fn render_text(r: &StatusReport) -> String {
     ] {
         out.push_str(&format!("\n{} {title} deliveries\n", list.len()));
         for d in list {
+            let when = match &d.dead_since {
+                Some(t) => format!("dead since {t}"),
+                None => format!("next {}", d.next_attempt_at),
+            };
             out.push_str(&format!(
-                "  {} {} {} -> {} (attempts {}, next {}){}\n",
+                "  {} {} {} -> {} (attempts {}, {when}){}\n",
                 d.event_id,
                 d.event_type,
                 d.document_id,
                 d.notifier,
                 d.attempts,
-                d.next_attempt_at,
                 d.last_error
                     .as_deref()
-                    .map(|e| format!(": {}", e.escape_debug()))
+                    .map(|e| format!(": {}", one_line(e, ERROR_CHARS)))
                     .unwrap_or_default()
             ));
         }

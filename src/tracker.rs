@@ -6,6 +6,7 @@
 //! never emit an event for a document that is already terminal, so a terminal document fires
 //! exactly once whatever is replayed.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::config::PollConfig;
@@ -116,6 +117,9 @@ pub struct DocState {
     /// Why it is missing or timed out.
     pub reason: Option<String>,
     pub terminal_at: Option<UnixMs>,
+    /// How many events of each type fired for it so far: the occurrence number that derives
+    /// an event's id.
+    pub fired: BTreeMap<EventType, u32>,
 }
 
 impl DocState {
@@ -138,6 +142,7 @@ impl DocState {
             unknown_status_warned: None,
             reason: None,
             terminal_at: None,
+            fired: BTreeMap::new(),
         }
     }
 
@@ -198,6 +203,8 @@ pub struct EventDraft {
     pub previous_status: Option<DocumentStatus>,
     pub previous_progress: Option<i64>,
     pub reason: Option<String>,
+    /// 1 for the first event of this type for this document, 2 for the second...
+    pub occurrence: u32,
 }
 
 /// The outcome of one observation.
@@ -211,6 +218,27 @@ pub struct Step {
     pub changed: bool,
     /// An unknown status seen for the first time: log it once.
     pub new_unknown_status: Option<i64>,
+}
+
+impl Step {
+    /// Fires one event for the document, counting its occurrence.
+    fn fire(
+        &mut self,
+        event_type: EventType,
+        previous_status: Option<DocumentStatus>,
+        previous_progress: Option<i64>,
+        reason: Option<String>,
+    ) {
+        let count = self.state.fired.entry(event_type).or_insert(0);
+        *count = count.saturating_add(1);
+        self.events.push(EventDraft {
+            event_type,
+            previous_status,
+            previous_progress,
+            reason,
+            occurrence: *count,
+        });
+    }
 }
 
 /// Applies one observation at `now`. A terminal document is returned unchanged.
@@ -320,24 +348,19 @@ fn processing(
     now: UnixMs,
     policy: &TrackerPolicy,
 ) {
-    let doc = &mut step.state;
-    if let Some(progress) = doc.progress {
-        match doc.progress_reported {
-            None => doc.progress_reported = Some(progress),
+    let (progress, reported) = (step.state.progress, step.state.progress_reported);
+    if let Some(progress) = progress {
+        match reported {
+            None => step.state.progress_reported = Some(progress),
             Some(base) if progress >= base + i64::from(policy.progress_step) => {
-                doc.progress_reported = Some(progress);
-                step.events.push(EventDraft {
-                    event_type: EventType::Progress,
-                    previous_status: prev_status,
-                    previous_progress: prev_progress,
-                    reason: None,
-                });
+                step.state.progress_reported = Some(progress);
+                step.fire(EventType::Progress, prev_status, prev_progress, None);
             }
             // Backwards or a small step: tolerated, nothing to say.
             Some(_) => {}
         }
     }
-    if now.since(doc.watched_since) >= policy.give_up_after {
+    if now.since(step.state.watched_since) >= policy.give_up_after {
         let reason = format!(
             "not terminal after {}",
             humantime::format_duration(policy.give_up_after)
@@ -352,14 +375,9 @@ fn processing(
         );
         return;
     }
-    if !doc.stalled && now.since(doc.last_change) >= policy.stall_after {
-        doc.stalled = true;
-        step.events.push(EventDraft {
-            event_type: EventType::Stalled,
-            previous_status: prev_status,
-            previous_progress: prev_progress,
-            reason: None,
-        });
+    if !step.state.stalled && now.since(step.state.last_change) >= policy.stall_after {
+        step.state.stalled = true;
+        step.fire(EventType::Stalled, prev_status, prev_progress, None);
     }
 }
 
@@ -411,12 +429,7 @@ fn finish_with(
     doc.reason.clone_from(&reason);
     doc.terminal_at = Some(now);
     step.changed = true;
-    step.events.push(EventDraft {
-        event_type,
-        previous_status,
-        previous_progress,
-        reason,
-    });
+    step.fire(event_type, previous_status, previous_progress, reason);
 }
 
 #[cfg(test)]

@@ -28,6 +28,41 @@ use crate::wall::UnixMs;
 
 /// How long `wait` keeps retrying an answer that says the API is unusable before exit 4.
 const UNUSABLE_RETRIES: usize = 2;
+/// How often an ongoing condition (an unreachable API, documents no answer has shown) is said
+/// again.
+const REMIND_EVERY: Duration = Duration::from_secs(60);
+
+/// Says a condition at once, then again every [`REMIND_EVERY`] while it lasts.
+#[derive(Debug, Default)]
+struct Reminder {
+    since: Option<Instant>,
+    next: Option<Instant>,
+}
+
+impl Reminder {
+    /// The condition holds at `now`: whether to say so now.
+    fn holds(&mut self, now: Instant) -> bool {
+        self.since.get_or_insert(now);
+        match self.next {
+            Some(next) if now < next => false,
+            _ => {
+                self.next = Some(now + REMIND_EVERY);
+                true
+            }
+        }
+    }
+
+    /// The condition is over: whether it was ongoing.
+    fn ended(&mut self) -> bool {
+        self.next = None;
+        self.since.take().is_some()
+    }
+
+    /// How long the condition has lasted.
+    fn lasted(&self, now: Instant) -> Duration {
+        self.since.map_or(Duration::ZERO, |s| now - s)
+    }
+}
 
 /// Exit codes of `wait` (SPEC section 2).
 /// `wait`'s exit codes, by outcome (the numbers live in [`crate::exit`]).
@@ -223,6 +258,7 @@ pub async fn run(
         base_url: opts.base_url.clone(),
         token: opts.token.clone(),
         limits: ApiLimits::default(),
+        token_file: None,
     })?;
     let tracker = TrackerPolicy::from(&poll);
     let policy = SchedulePolicy::from(&poll);
@@ -241,10 +277,26 @@ pub async fn run(
     let mut schedule = DatasetSchedule::new(Instant::now(), 0);
     let deadline = opts.timeout.map(|t| Instant::now() + t);
     let (mut timed_out, mut interrupted, mut api_error) = (false, false, None);
+    let (mut unreachable, mut unseen) = (Reminder::default(), Reminder::default());
     while docs.values().any(DocState::is_live) {
+        let remind_at = [unreachable.next, unseen.next].into_iter().flatten().min();
         tokio::select! {
             _ = interrupt.cancelled() => { interrupted = true; break; }
             _ = sleep_until_opt(deadline) => { timed_out = true; break; }
+            _ = sleep_until_opt(remind_at) => {
+                let now = Instant::now();
+                if unreachable.next.is_some_and(|t| now >= t) && unreachable.holds(now) {
+                    view.note(&format!(
+                        "still cannot reach the Coze API (for {}); retrying{}",
+                        secs(unreachable.lasted(now)),
+                        if deadline.is_some() { " until --timeout" } else { "" }
+                    ));
+                }
+                if unseen.next.is_some_and(|t| now >= t) && unseen.holds(now) {
+                    note_unseen(&view, &docs, unseen.lasted(now));
+                }
+                continue;
+            }
             _ = tokio::time::sleep_until(schedule.next_poll) => {}
         }
         let live: Vec<DocState> = docs.values().filter(|d| d.is_live()).cloned().collect();
@@ -272,6 +324,21 @@ pub async fn run(
         let now = Instant::now();
         let u = rand::rng().random::<f64>();
         match &report.failure {
+            Some(e) if is_unreachable(e) => {
+                if unreachable.holds(now) {
+                    view.note(&format!(
+                        "cannot reach the Coze API at {}: {e}; retrying{}",
+                        crate::redact::url(opts.base_url.as_str()),
+                        if deadline.is_some() {
+                            " until --timeout"
+                        } else {
+                            " (no --timeout: until it answers)"
+                        }
+                    ));
+                }
+                let r = crate::schedule::reaction(e, &policy);
+                schedule.on_failure(now, r.failure, &policy, u);
+            }
             Some(e) => {
                 view.note(&format!("retrying: {e}"));
                 let r = crate::schedule::reaction(e, &policy);
@@ -281,6 +348,9 @@ pub async fn run(
                 schedule.on_failure(now, r.failure, &policy, u);
             }
             None => {
+                if unreachable.ended() {
+                    view.note("the Coze API answers again");
+                }
                 schedule.on_success(now, &report.processing(), report.changed(), &policy, u);
             }
         }
@@ -288,6 +358,23 @@ pub async fn run(
             view.update(&step);
             docs.insert(step.state.document_id.clone(), step.state);
         }
+        if report.failure.is_none() {
+            if docs.values().any(never_seen) {
+                if unseen.holds(now) {
+                    note_unseen(&view, &docs, unseen.lasted(now));
+                }
+            } else {
+                unseen.ended();
+            }
+        }
+    }
+    if timed_out {
+        let late: Vec<String> = docs.values().filter(|d| d.is_live()).map(line).collect();
+        view.note(&format!(
+            "timed out after {}; not done: {}",
+            secs(opts.timeout.unwrap_or_default()),
+            late.join("; ")
+        ));
     }
     view.finish();
     let any_failed = docs.values().any(|d| {
@@ -316,6 +403,40 @@ pub async fn run(
             .map(|d| document_report(d, UnixMs::now()))
             .collect(),
     })
+}
+
+/// A transport failure that says the API cannot be reached at all (refused, no route, DNS, a
+/// timeout), rather than an answer.
+fn is_unreachable(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::Transient {
+            kind: crate::coze::TransientKind::Connect | crate::coze::TransientKind::Timeout,
+            ..
+        }
+    )
+}
+
+/// Still watched and in no answer so far.
+fn never_seen(d: &DocState) -> bool {
+    d.is_live() && d.last_seen.is_none()
+}
+
+fn note_unseen(view: &View, docs: &BTreeMap<DocumentId, DocState>, lasted: Duration) {
+    let ids: Vec<String> = docs
+        .values()
+        .filter(|d| never_seen(d))
+        .map(|d| d.document_id.to_string())
+        .collect();
+    view.note(&format!(
+        "not in any answer yet{}: {} (the API leaves out ids it does not know; still asking)",
+        if lasted.is_zero() {
+            String::new()
+        } else {
+            format!(" after {}", secs(lasted))
+        },
+        ids.join(", ")
+    ));
 }
 
 fn document_report(d: &DocState, now: UnixMs) -> DocumentReport {
@@ -487,6 +608,23 @@ fn line(d: &DocState) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reminder_speaks_at_once_then_once_a_minute_while_the_condition_lasts() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut r = Reminder::default();
+        assert!(r.holds(t0), "at once");
+        assert!(!r.holds(t0 + s(30)));
+        assert!(!r.holds(t0 + s(59)));
+        assert!(r.holds(t0 + s(60)), "a minute later");
+        assert_eq!(r.next, Some(t0 + s(120)));
+        assert_eq!(r.lasted(t0 + s(90)), s(90));
+        assert!(r.ended());
+        assert!(!r.ended(), "already over");
+        assert!(r.holds(t0 + s(100)), "a new episode speaks at once");
+        assert_eq!(r.lasted(t0 + s(100)), Duration::ZERO);
+    }
 
     #[test]
     fn exit_code_precedence_is_4_then_1_then_3() {

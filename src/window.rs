@@ -3,6 +3,10 @@
 //! Pure logic on explicit instants. The API rate limiter uses it for Coze's per-second and
 //! per-minute quotas (an event exactly `window` after another is in a new window), and the
 //! chat notifiers use it as their `max_per_minute` throttle.
+//!
+//! An event may also be *open*: begun at an instant the other side cannot see (a request sent
+//! but not yet answered: the server counts it somewhere between the two). An open event holds
+//! its place in every window until it ends, and is then recorded at its end.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -15,7 +19,10 @@ const WINDOW: Duration = Duration::from_secs(60);
 pub struct Throttle {
     per_minute: usize,
     window: Duration,
+    /// Ended events in the last `window`, oldest first.
     sent: VecDeque<Instant>,
+    /// Events begun and not yet ended.
+    open: usize,
 }
 
 impl Throttle {
@@ -30,6 +37,7 @@ impl Throttle {
             per_minute: limit.max(1) as usize,
             window,
             sent: VecDeque::new(),
+            open: 0,
         }
     }
 
@@ -48,20 +56,38 @@ impl Throttle {
         }
     }
 
-    /// When the next message may be sent (`now` if it may go at once).
-    pub fn ready_at(&mut self, now: Instant) -> Instant {
+    /// When the next event may begin: `Some(now)` if at once, `None` when only the end of an
+    /// open event can make room.
+    pub fn ready_at(&mut self, now: Instant) -> Option<Instant> {
         self.forget_before(now);
-        if self.sent.len() < self.per_minute {
-            return now;
+        let taken = self.sent.len() + self.open;
+        if taken < self.per_minute {
+            return Some(now);
         }
-        // The oldest send in the window leaves it `window` after it happened.
-        self.sent.front().map_or(now, |t| *t + self.window)
+        // Room comes when enough ended events leave the window, each `window` after it ended.
+        let must_leave = taken - self.per_minute + 1;
+        self.sent
+            .get(must_leave.checked_sub(1)?)
+            .map(|t| *t + self.window)
     }
 
-    /// Records a message sent at `now`.
+    /// Records an event that happened at `now`.
     pub fn record(&mut self, now: Instant) {
+        self.begin();
+        self.end(now);
+    }
+
+    /// Opens an event: it counts in every window until [`Throttle::end`].
+    pub fn begin(&mut self) {
+        self.open += 1;
+    }
+
+    /// Ends an open event at `now`: from here on it counts as having happened at `now`.
+    pub fn end(&mut self, now: Instant) {
+        self.open = self.open.saturating_sub(1);
         self.forget_before(now);
-        self.sent.push_back(now);
+        let at = self.sent.partition_point(|t| *t <= now);
+        self.sent.insert(at, now);
     }
 }
 
@@ -76,7 +102,7 @@ mod tests {
         let mut now = t0;
         let mut sends = Vec::new();
         while now < t0 + Duration::from_secs(180) {
-            let at = th.ready_at(now);
+            let at = th.ready_at(now).unwrap_or(now);
             if at > now {
                 now = at;
                 continue;
@@ -99,10 +125,50 @@ mod tests {
     fn the_first_messages_go_at_once_then_wait_for_the_window() {
         let t0 = Instant::now();
         let mut th = Throttle::new(2);
-        assert_eq!(th.ready_at(t0), t0);
+        assert_eq!(th.ready_at(t0), Some(t0));
         th.record(t0);
         th.record(t0 + Duration::from_secs(1));
-        assert_eq!(th.ready_at(t0 + Duration::from_secs(2)), t0 + WINDOW);
-        assert_eq!(th.ready_at(t0 + WINDOW), t0 + WINDOW);
+        assert_eq!(th.ready_at(t0 + Duration::from_secs(2)), Some(t0 + WINDOW));
+        assert_eq!(th.ready_at(t0 + WINDOW), Some(t0 + WINDOW));
+    }
+
+    #[test]
+    fn an_open_event_holds_its_place_until_it_ends_then_a_window_longer() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut th = Throttle::per(2, sec);
+        th.record(t0);
+        th.begin();
+        assert_eq!(th.ready_at(t0 + sec), Some(t0 + sec), "the ended one left");
+        th.begin();
+        assert_eq!(
+            th.ready_at(t0 + sec * 5),
+            None,
+            "two open: only an end helps"
+        );
+        let end = t0 + sec * 6;
+        th.end(end);
+        assert_eq!(th.ready_at(end), Some(end + sec), "counted at its end");
+        assert_eq!(
+            th.ready_at(end + sec),
+            Some(end + sec),
+            "it left; one open, one free"
+        );
+        th.begin();
+        assert_eq!(th.ready_at(end + sec), None, "two open again");
+        th.end(end + sec * 2);
+        assert_eq!(th.ready_at(end + sec * 2), Some(end + sec * 3));
+    }
+
+    #[test]
+    fn events_ending_out_of_order_are_kept_in_order() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut th = Throttle::per(2, sec * 10);
+        th.begin();
+        th.begin();
+        th.end(t0 + sec * 3);
+        th.end(t0 + sec);
+        assert_eq!(th.ready_at(t0 + sec * 4), Some(t0 + sec * 11));
     }
 }

@@ -26,6 +26,11 @@ fn malformed() -> Vec<(&'static str, String, &'static str)> {
             "config.yaml:2",
         ),
         (
+            "tab indentation, with the hint",
+            "api:\n\tbase_url: x\n".into(),
+            "cannot start any token (YAML indents with spaces, not tabs)",
+        ),
+        (
             "unknown top-level key",
             format!("apis: {{}}\n{w}"),
             "unknown field `apis`",
@@ -285,10 +290,15 @@ fn a_state_dir_that_cannot_be_created_is_a_clear_error() {
         state.display()
     );
     std::fs::write(work.config_path(), text).unwrap();
+    // `run` refuses it as `check` does: an environment problem of the config.
     let (code, err) = run_until_exit(&work);
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(78), "{err}");
     assert!(
-        err.contains(&format!("state directory {}", state.display())),
+        err.contains(&format!(
+            "state.dir: {} cannot be created: {} is not a directory",
+            state.display(),
+            work.path().join("blocker").display()
+        )),
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
@@ -382,4 +392,115 @@ async fn a_full_disk_is_a_clear_error_and_loses_nothing_recorded() {
     }
     d.stop().await;
     sim.shutdown().await;
+}
+
+/// Runs `coze-watch ARGS -c config.yaml` as a user without the permissions the test removed:
+/// `nobody` through `setpriv` when the tests run as root (root passes every permission check),
+/// else the test's own user. (exit code, stdout + stderr)
+fn as_other_user(work: &Workdir, args: &[&str]) -> (Option<i32>, String) {
+    use std::os::unix::fs::PermissionsExt;
+    // The config must stay readable to that user.
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(work.config_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let bin = env!("CARGO_BIN_EXE_coze-watch");
+    let mut cmd = if nix::unistd::Uid::effective().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin]);
+        c
+    } else {
+        Command::new(bin)
+    };
+    let out = cmd
+        .args(args)
+        .arg("-c")
+        .arg(work.config_path())
+        .env_clear()
+        .env("HOME", "/nonexistent")
+        .env("COZE_API_TOKEN", "pat_x")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// A directory only its owner (root, or the test's user without write permission) may use.
+fn locked_dir(work: &Workdir) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let locked = work.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    let mode = if nix::unistd::Uid::effective().is_root() {
+        0o700
+    } else {
+        0o500
+    };
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(mode)).unwrap();
+    locked
+}
+
+#[test]
+fn check_lint_and_run_agree_on_a_state_dir_the_user_cannot_create() {
+    let work = Workdir::new();
+    let state = locked_dir(&work).join("state");
+    let text = format!(
+        "api:\n  base_url: http://127.0.0.1:9\npoll:\n{FAST_POLL}state:\n  dir: {}\n{W}",
+        state.display()
+    );
+    std::fs::write(work.config_path(), text).unwrap();
+    let names_dir_and_user = |out: &str| {
+        assert!(out.contains(&state.display().to_string()), "{out}");
+        assert!(out.contains("uid "), "{out}");
+        assert!(!out.contains("panicked"), "{out}");
+    };
+    let (code, out) = as_other_user(&work, &["check", "--lint"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("warning: ") && out.contains("state.dir: "),
+        "{out}"
+    );
+    names_dir_and_user(&out);
+    let (code, out) = as_other_user(&work, &["check"]);
+    assert_eq!(code, Some(78), "{out}");
+    names_dir_and_user(&out);
+    let (code, out) = as_other_user(&work, &["run"]);
+    assert_eq!(code, Some(78), "{out}");
+    names_dir_and_user(&out);
+}
+
+#[test]
+fn status_and_deliveries_on_a_store_the_user_cannot_read_say_permission_denied() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = Workdir::new();
+    let state = locked_dir(&work).join("state");
+    let text = format!(
+        "api:\n  base_url: http://127.0.0.1:9\npoll:\n{FAST_POLL}state:\n  dir: {}\n{W}",
+        state.display()
+    );
+    std::fs::write(work.config_path(), text).unwrap();
+    // The owner creates the store.
+    let locked = state.parent().unwrap();
+    std::fs::set_permissions(locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (code, out, err) = work.cli(&["watch", "add", "1", "2"]);
+    assert_eq!(code, 0, "{out}{err}");
+    if !nix::unistd::Uid::effective().is_root() {
+        // Without root, the store file itself is what the user may not read.
+        let db = state.join("coze-watch.db");
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    for command in [&["status"][..], &["deliveries"][..]] {
+        let (code, out) = as_other_user(&work, command);
+        assert_eq!(code, Some(65), "{command:?}: {out}");
+        assert!(out.contains("permission denied for "), "{command:?}: {out}");
+        assert!(
+            !out.contains("has the daemon run yet"),
+            "{command:?}: {out}"
+        );
+        assert!(
+            !out.contains("unable to open database file"),
+            "{command:?}: {out}"
+        );
+    }
 }

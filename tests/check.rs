@@ -105,6 +105,72 @@ fn the_example_config_passes_lint() {
 }
 
 #[test]
+fn the_example_config_follows_coze_api_base_and_raises_no_quota_warning() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::cargo_bin("coze-watch")
+        .unwrap()
+        .current_dir(root)
+        .env_clear()
+        .env("HOME", root)
+        .env("COZE_API_BASE", "https://api.coze.com")
+        .args(["check", "--lint", "-c", "config.example.yaml"])
+        .assert()
+        .success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        stdout.contains("api:        https://api.coze.com"),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("quota"), "{stderr}");
+}
+
+#[test]
+fn the_quota_warning_fires_only_when_the_sustained_pace_exceeds_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs: Vec<String> = (1..=120).map(|i| format!("\"{i}\"")).collect();
+    let datasets: String = (1..=10)
+        .map(|d| {
+            format!(
+                "  - dataset: \"{d}\"\n    documents: [{}]\n",
+                docs.join(", ")
+            )
+        })
+        .collect();
+    // 10 datasets x 3 batches, each every 2 minutes: 21,600 requests a day.
+    write(dir.path(), "busy.yaml", &format!("watch:\n{datasets}"));
+    let out = check(dir.path(), &["-c", "busy.yaml"]).success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        stdout.contains("sustained:  21600 requests/day"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("exceeds Coze's published quota of 3000 requests/day per space; set api.max_requests_per_day"),
+        "{stderr}"
+    );
+    // A budget the daemon keeps: told that the limiter will hold polls back.
+    let budget = format!("api:\n  max_requests_per_day: 5000\nwatch:\n{datasets}");
+    write(dir.path(), "budget.yaml", &budget);
+    let out = check(dir.path(), &["-c", "budget.yaml"]).success();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("exceeds api.max_requests_per_day (5000)"),
+        "{stderr}"
+    );
+    // One dataset of 120 documents: 2,160 a day, under the quota: no warning.
+    let small = format!(
+        "watch:\n  - dataset: \"1\"\n    documents: [{}]\n",
+        docs.join(", ")
+    );
+    write(dir.path(), "small.yaml", &small);
+    let out = check(dir.path(), &["-c", "small.yaml"]).success();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(!stderr.contains("quota"), "{stderr}");
+}
+
+#[test]
 fn lint_turns_environment_problems_into_warnings() {
     let dir = tempfile::tempdir().unwrap();
     write(

@@ -54,3 +54,37 @@ fn every_subcommand_has_a_man_page() {
         assert!(page.contains(".SH"), "{}", file.display());
     }
 }
+
+#[test]
+fn the_demo_narrates_on_stdout_and_logs_to_a_file_it_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_coze-watch"))
+        .arg("demo")
+        .env_clear()
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.trim().is_empty(),
+        "log lines bury the narration: {stderr}"
+    );
+    for line in stdout.lines() {
+        assert!(
+            !line.contains(" INFO ") && !line.contains(" WARN "),
+            "a log line among the narration: {line}"
+        );
+    }
+    let named = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("the daemon's log: "))
+        .unwrap_or_else(|| panic!("no log file named: {stdout}"));
+    let path = named.split(" (").next().unwrap();
+    let log = std::fs::read_to_string(path).unwrap();
+    assert!(log.contains("document.completed"), "{log}");
+    let tail: Vec<&str> = stdout.lines().rev().take(3).collect();
+    assert_eq!(tail[2], "next, for a real knowledge base:", "{stdout}");
+    assert!(tail[1].contains("export COZE_API_TOKEN=") && tail[0].contains("coze-watch "));
+}

@@ -37,6 +37,7 @@ fn client(sim: &SimHandle, token: &str, batch: usize) -> std::sync::Arc<CozeClie
             max_requests_per_day: None,
             max_concurrent_requests: 4,
         },
+        token_file: None,
     })
     .unwrap()
 }

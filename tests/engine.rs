@@ -413,3 +413,36 @@ async fn a_server_that_takes_five_ids_a_request_refuses_at_most_one_per_run() {
     d.stop().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_rewritten_after_a_401_is_used_by_the_next_request() {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
+    let work = Workdir::new();
+    let token = work.path().join("token");
+    std::fs::write(&token, "pat_revoked\n").unwrap();
+    work.write_config(&sim.base_url(), FAST_POLL, &watch(DS, &[A]));
+    let text = std::fs::read_to_string(work.config_path())
+        .unwrap()
+        .replacen(
+            "api:\n",
+            &format!("api:\n  token_file: {}\n", token.display()),
+            1,
+        );
+    std::fs::write(work.config_path(), text).unwrap();
+    let mut d = Daemon::start(&work);
+    d.wait_for("poll failed", SECS(10)).await;
+    // Rotated after the 401, before the retry.
+    std::fs::write(&token, format!("{}\n", coze_watch::sim::DEFAULT_TOKEN)).unwrap();
+    d.wait_for(&format!("document.completed {A}"), SECS(15))
+        .await;
+    d.stop().await;
+    assert_eq!(
+        sim.stats().unauthorized,
+        1,
+        "one refused request, then the new token"
+    );
+    assert_eq!(d.count("the token file changed"), 1);
+    let lines = d.lines().join("\n");
+    assert!(!lines.contains("pat_revoked") && !lines.contains(coze_watch::sim::DEFAULT_TOKEN));
+    sim.shutdown().await;
+}

@@ -460,3 +460,56 @@ async fn a_reload_that_removes_a_notifier_kills_its_pending_deliveries() {
     d.stop().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_store_refires_terminal_events_with_the_same_ids() {
+    const B: &str = "7500000000000000002";
+    const C: &str = "7500000000000000003";
+    let sim = start_sim(scenario(vec![(
+        DS,
+        vec![
+            doc(A, 1, Outcome::Completed),
+            doc(B, 1, Outcome::Completed),
+            doc(C, 1, Outcome::Failed),
+        ],
+    )]))
+    .await;
+    let rx = Receiver::start(vec![]).await;
+    let work = Workdir::new();
+    let rest = format!(
+        "{}{}",
+        hook("hook", &rx.url("/h"), FAST_RETRY),
+        watch(DS, &[A, B, C])
+    );
+    work.write_config(&sim.base_url(), FAST_POLL, &rest);
+    let ids = |from: usize| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = rx.requests()[from..]
+            .iter()
+            .map(|r| {
+                let doc = r.json()["data"]["document_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                (doc, r.header("webhook-id").to_string())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut d = Daemon::start(&work);
+    wait_until("three deliveries", SECS(20), || rx.requests().len() == 3).await;
+    d.stop().await;
+    let first = ids(0);
+    std::fs::remove_dir_all(work.state_dir()).unwrap();
+    let mut d = Daemon::start(&work);
+    wait_until("three more deliveries", SECS(20), || {
+        rx.requests().len() == 6
+    })
+    .await;
+    d.stop().await;
+    assert_eq!(ids(3), first, "the same event ids on a new store");
+    let distinct: std::collections::HashSet<&String> = first.iter().map(|(_, id)| id).collect();
+    assert_eq!(distinct.len(), 3);
+    rx.shutdown();
+    sim.shutdown().await;
+}

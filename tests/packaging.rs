@@ -416,6 +416,45 @@ async fn one_dead_delivery(status: u16) -> (coze_watch::sim::SimHandle, Receiver
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_when_a_delivery_died_and_the_answer_as_text() {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
+    let rx = Receiver::start(vec![Reply::StatusBody(
+        400,
+        "{\"error\": \"no such hook\"}\nsee docs",
+    )])
+    .await;
+    let work = Workdir::new();
+    let rest = format!(
+        "  - name: hook\n    type: webhook\n    url: {}\n{}",
+        rx.url("/h"),
+        watch(DS, &[A])
+    );
+    work.write_config(&sim.base_url(), FAST_POLL, &rest);
+    let mut d = Daemon::start(&work);
+    d.wait_for("delivery is dead", SECS(15)).await;
+    d.stop().await;
+    for command in ["status", "deliveries"] {
+        let out = cli(&work, &[command]).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.contains("-> hook"))
+            .unwrap_or_else(|| panic!("{command}: no delivery line in {text}"));
+        assert!(
+            line.contains("(attempts 1, dead since 20"),
+            "{command}: {line}"
+        );
+        assert!(!line.contains("next "), "{command}: {line}");
+        assert!(
+            line.ends_with(r#"HTTP 400: {"error": "no such hook"} see docs"#),
+            "{command}: {line}"
+        );
+    }
+    rx.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_delivery_requeued_with_deliveries_retry_is_delivered() {
     let (sim, rx, work, mut d) = one_dead_delivery(410).await;
     let event_id = rx.requests()[0].header("webhook-id").to_string();
@@ -459,6 +498,195 @@ async fn json_logs_are_one_object_per_line() {
         .find(|v| v["event"] == "document.completed")
         .unwrap();
     assert_eq!(event["document_id"], A);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_fields_are_plain_values_and_api_errors_carry_msg_and_logid() {
+    let mut a = doc(A, 1, Outcome::Completed);
+    a.name = Some("a \"quoted\" name.pdf".into());
+    let sim = start_sim(scenario(vec![(DS, vec![a, doc(B, 1, Outcome::Completed)])])).await;
+    // The first poll meets a 5xx, the second a 400 that bisection must split.
+    sim.inject(vec![
+        Injection::Status {
+            http: 500,
+            code: Some(5000),
+            retry_after_secs: None,
+        },
+        Injection::Status {
+            http: 400,
+            code: Some(4000),
+            retry_after_secs: None,
+        },
+    ]);
+    let listen = reserve_port();
+    let work = Workdir::new();
+    let rest = format!(
+        "log:\n  format: json\nhttp:\n  listen: {listen}\n{}    labels: {{team: kb}}\n",
+        watch(DS, &[A, B])
+    );
+    work.write_config(&sim.base_url(), FAST_POLL, &rest);
+    let mut d = Daemon::start(&work);
+    d.wait_for(&format!("document.completed {B}"), SECS(15))
+        .await;
+    let metrics = http()
+        .get(format!("http://{listen}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    d.stop().await;
+    let lines: Vec<serde_json::Value> = d
+        .lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let event = lines
+        .iter()
+        .find(|v| v["event"] == "document.completed" && v["document_id"] == A)
+        .unwrap();
+    assert_eq!(event["document_name"], "a \"quoted\" name.pdf", "{event}");
+    assert_eq!(
+        event["labels"],
+        serde_json::json!({"team": "kb"}),
+        "{event}"
+    );
+    assert_eq!(event["file_type"], "pdf");
+    assert!(event["progress"].is_i64(), "{event}");
+    let with_msg = |needle: &str| {
+        lines
+            .iter()
+            .find(|v| v["message"].as_str().is_some_and(|m| m.contains(needle)))
+            .unwrap_or_else(|| panic!("no line with {needle:?}"))
+            .clone()
+    };
+    let failed = with_msg("poll failed");
+    assert!(
+        failed["logid"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("SIM")),
+        "{failed}"
+    );
+    assert!(
+        !failed["msg"].as_str().unwrap_or_default().is_empty(),
+        "{failed}"
+    );
+    let split = with_msg("splitting it");
+    assert!(
+        split["logid"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("SIM")),
+        "{split}"
+    );
+    assert!(
+        !split["msg"].as_str().unwrap_or_default().is_empty(),
+        "{split}"
+    );
+    let counted = parse_prometheus(&metrics);
+    assert_eq!(
+        counted.get("coze_watch_api_errors_total{kind=\"bad_request\"}"),
+        Some(&1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        counted.get("coze_watch_api_errors_total{kind=\"transient\"}"),
+        Some(&1.0),
+        "{metrics}"
+    );
+    sim.shutdown().await;
+}
+
+/// Parses a metrics exposition with the Prometheus project's own Python parser
+/// (`python3-prometheus-client`): `openmetrics` or `classic`. Returns the sample count, or
+/// `None` (after one line saying so) when the parser is not installed outside CI.
+fn parse_with_prometheus_client(format: &str, text: &str) -> Option<usize> {
+    let script = r#"
+import sys
+kind = sys.argv[1]
+if kind == "openmetrics":
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+else:
+    from prometheus_client.parser import text_string_to_metric_families
+n = sum(len(f.samples) for f in text_string_to_metric_families(sys.stdin.read()))
+print(n)
+"#;
+    let python = "/usr/bin/python3";
+    let probe = Command::new(python)
+        .args(["-c", "import prometheus_client"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs python3-prometheus-client (apt) to parse /metrics"
+        );
+        eprintln!(
+            "skipped: python3-prometheus-client is not installed (apt install python3-prometheus-client)"
+        );
+        return None;
+    }
+    let mut child = Command::new(python)
+        .args(["-c", script, format])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the {format} parser refused /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_speak_openmetrics_or_the_classic_format_as_the_scraper_asks() {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
+    let listen = reserve_port();
+    let work = Workdir::new();
+    let rest = format!("http:\n  listen: {listen}\n{}", watch(DS, &[A]));
+    work.write_config(&sim.base_url(), FAST_POLL, &rest);
+    let mut d = Daemon::start(&work);
+    d.wait_for(&format!("document.completed {A}"), SECS(15))
+        .await;
+    let scrape = |accept: Option<&'static str>| async move {
+        let mut req = http().get(format!("http://{listen}/metrics"));
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        let resp = req.send().await.unwrap();
+        let ty = resp.headers()["content-type"].to_str().unwrap().to_string();
+        (ty, resp.text().await.unwrap())
+    };
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                      version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (open_type, open) = scrape(Some(prometheus)).await;
+    let (classic_type, classic) = scrape(None).await;
+    d.stop().await;
+    assert_eq!(
+        open_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert_eq!(classic_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!classic.contains("# EOF"), "{classic}");
+    assert!(classic.contains("coze_watch_events_total{type=\"document.completed\"} 1"));
+    if let (Some(a), Some(b)) = (
+        parse_with_prometheus_client("openmetrics", &open),
+        parse_with_prometheus_client("classic", &classic),
+    ) {
+        assert!(a > 10 && b > 10, "{a} and {b} samples");
+    }
     sim.shutdown().await;
 }
 

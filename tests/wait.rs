@@ -93,6 +93,16 @@ async fn exit_3_on_timeout_and_1_wins_over_3() {
     .await;
     let out = run(&sim, &[DS, A, "--timeout", "2s"]).await;
     assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "timed out after 2s; not done: {A} \"file-{A}.pdf\": processing"
+        )),
+        "{err}"
+    );
+    let quiet = run(&sim, &[DS, A, "--timeout", "1s", "--quiet"]).await;
+    assert_eq!(quiet.status.code(), Some(3));
+    assert!(stderr(&quiet).is_empty(), "{}", stderr(&quiet));
     let out = run(&sim, &[DS, A, B, "--timeout", "4s"]).await;
     assert_eq!(out.status.code(), Some(1), "a failure and a timeout: 1");
     sim.shutdown().await;
@@ -117,6 +127,55 @@ async fn exit_4_when_the_token_is_refused_or_the_dataset_is_unknown() {
         stderr(&out).contains("dataset not found"),
         "{}",
         stderr(&out)
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_and_unknown_ids_are_said_at_once() {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 600, Outcome::Completed)])])).await;
+    let unknown = "7500000000000000777";
+    let out = run(&sim, &[DS, A, unknown, "--timeout", "3s"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "not in any answer yet: {unknown} (the API leaves out ids"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("not in any answer yet").count(),
+        1,
+        "once a minute: {err}"
+    );
+    let closed = helper::receiver::reserve_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_coze-watch"))
+        .args([
+            "wait",
+            DS,
+            A,
+            "--timeout",
+            "3s",
+            "--base-url",
+            &format!("http://{closed}"),
+        ])
+        .env_clear()
+        .env("COZE_API_TOKEN", sim.token())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("cannot reach the Coze API at http://{closed}: ")),
+        "{err}"
+    );
+    assert!(err.contains("retrying until --timeout"), "{err}");
+    assert_eq!(
+        err.matches("cannot reach").count(),
+        1,
+        "said once, not per retry: {err}"
     );
     sim.shutdown().await;
 }

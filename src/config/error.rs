@@ -137,6 +137,15 @@ impl Source {
         }
     }
 
+    /// Whether the line of `at` holds a tab in its indentation or at `at` itself.
+    fn tab_at(&self, at: LineCol) -> bool {
+        let Some(line) = self.text.lines().nth(at.line.saturating_sub(1)) else {
+            return false;
+        };
+        let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+        line[..indent].contains('\t') || line.chars().nth(at.column.saturating_sub(1)) == Some('\t')
+    }
+
     /// Turns a YAML parse or type error into a `ConfigError` with the parser's location.
     pub fn parse_error(&self, err: &serde_yaml::Error) -> ConfigError {
         let at = err.location().map(|l| LineCol {
@@ -145,10 +154,13 @@ impl Source {
         });
         let text = err.to_string();
         // The parser appends " at line L column C"; we print the location up front instead.
-        let message = match text.rfind(" at line ") {
+        let mut message = match text.rfind(" at line ") {
             Some(cut) if at.is_some() => text[..cut].to_string(),
             _ => text,
         };
+        if at.is_some_and(|at| self.tab_at(at)) {
+            message.push_str(" (YAML indents with spaces, not tabs)");
+        }
         ConfigError {
             file: self.file.clone(),
             at,

@@ -537,8 +537,21 @@ impl Config {
     /// in `ceil(documents / max_ids_per_request)` batches, capped by the rate limit and the
     /// daily budget. Returns (capped, uncapped).
     pub fn worst_case_requests_per_day(&self) -> (u64, u64) {
+        self.requests_per_day(self.poll.min_interval)
+    }
+
+    /// The requests a day this config makes at its sustained pace, with every watched document
+    /// processing all day: every batch polled each `max_interval` (the schedule's pace once
+    /// hints are used up: a hint that proves wrong is not followed again), plus discovery's
+    /// listings. Short honest hints add a few polls per document; documents that discovery
+    /// finds add theirs. Returns (capped, uncapped), as the worst case.
+    pub fn sustained_requests_per_day(&self) -> (u64, u64) {
+        self.requests_per_day(self.poll.max_interval)
+    }
+
+    fn requests_per_day(&self, every: Duration) -> (u64, u64) {
         let day = 86_400.0;
-        let polls_per_day = (day / self.poll.min_interval.as_secs_f64().max(0.001)).ceil() as u64;
+        let polls_per_day = (day / every.as_secs_f64().max(0.001)).ceil() as u64;
         let batch = self.api.limits.max_ids_per_request.max(1);
         let uncapped: u64 = self
             .watch

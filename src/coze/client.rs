@@ -4,13 +4,14 @@
 //! request) and the shared [`RateLimiter`]. It does not decide when to poll or what an answer
 //! means for a document; that is the scheduler's and the tracker's job.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use url::Url;
 
@@ -21,14 +22,10 @@ use super::error::{
 use super::limiter::RateLimiter;
 use super::listing::{self, DatasetPage, DocumentPage};
 use super::wire::ProcessRequest;
-use crate::config::{ApiConfig, ApiLimits};
+use crate::config::{ApiConfig, ApiLimits, TokenSource};
 use crate::http::{self, BuildError, ReadError, TransportKind};
 use crate::ids::{DatasetId, DocumentId, SpaceId};
 use crate::secret::Secret;
-
-/// How much wider than a second (a minute) the client's quota windows are: requests sent
-/// exactly a second apart can arrive a little closer together.
-const SEND_MARGIN: Duration = Duration::from_millis(50);
 
 /// The largest answer body read; a larger one is an error, not an allocation.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -39,6 +36,8 @@ pub struct ClientSettings {
     pub base_url: Url,
     pub token: Secret,
     pub limits: ApiLimits,
+    /// `api.token_file`: read again before each request that follows a 401.
+    pub token_file: Option<PathBuf>,
 }
 
 impl From<&ApiConfig> for ClientSettings {
@@ -47,6 +46,10 @@ impl From<&ApiConfig> for ClientSettings {
             base_url: api.base_url.clone(),
             token: api.token.clone(),
             limits: api.limits.clone(),
+            token_file: match &api.token_source {
+                TokenSource::File(path) => Some(path.clone()),
+                TokenSource::Env(_) => None,
+            },
         }
     }
 }
@@ -62,10 +65,28 @@ pub struct CozeClient {
     http: reqwest::Client,
     base_url: Url,
     token: RwLock<Secret>,
+    token_file: Option<PathBuf>,
+    /// The last answer was a 401: the token file is read again before the next request.
+    token_refused: AtomicBool,
     limiter: Mutex<RateLimiter>,
+    /// Woken whenever a request ends: it may make room in the limiter's windows.
+    ended: Notify,
     permits: Semaphore,
     /// Ids per request: `max_ids_per_request`, lowered when the server says it takes fewer.
     batch_size: AtomicUsize,
+}
+
+/// A request the limiter let go: ends it there when dropped, answered or not (a cancelled
+/// request may have reached the server too).
+struct InFlight<'a> {
+    client: &'a CozeClient,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.client.with_limiter(|l| l.end(Instant::now()));
+        self.client.ended.notify_waiters();
+    }
 }
 
 impl std::fmt::Debug for CozeClient {
@@ -88,14 +109,14 @@ impl CozeClient {
             http,
             base_url: settings.base_url,
             token: RwLock::new(settings.token),
-            limiter: Mutex::new(
-                RateLimiter::new(
-                    settings.limits.max_requests_per_second,
-                    settings.limits.max_requests_per_day,
-                    Instant::now(),
-                )
-                .with_margin(SEND_MARGIN),
-            ),
+            token_file: settings.token_file,
+            token_refused: AtomicBool::new(false),
+            limiter: Mutex::new(RateLimiter::new(
+                settings.limits.max_requests_per_second,
+                settings.limits.max_requests_per_day,
+                Instant::now(),
+            )),
+            ended: Notify::new(),
             permits: Semaphore::new(settings.limits.max_concurrent_requests.max(1)),
             batch_size: AtomicUsize::new(settings.limits.max_ids_per_request.max(1)),
         }))
@@ -122,6 +143,28 @@ impl CozeClient {
         match self.token.write() {
             Ok(mut t) => *t = token,
             Err(poisoned) => *poisoned.into_inner() = token,
+        }
+    }
+
+    /// After a 401: the token file's current content, so a rotated token is used at once.
+    /// Says so (never printing the token) when it changed.
+    fn reread_token_file(&self) {
+        let Some(path) = &self.token_file else {
+            return;
+        };
+        match TokenSource::File(path.clone()).read(&|_| None) {
+            Ok(new) => {
+                let changed = match self.token.read() {
+                    Ok(t) => t.expose() != new.expose(),
+                    Err(p) => p.into_inner().expose() != new.expose(),
+                };
+                if changed {
+                    tracing::info!(token_file = %path.display(),
+                        "the token file changed after the API refused the token; using the new token");
+                    self.set_token(new);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot re-read the token file"),
         }
     }
 
@@ -212,8 +255,14 @@ impl CozeClient {
             .acquire()
             .await
             .map_err(|_| ApiError::Local(LocalError::ShuttingDown))?;
-        self.wait_for_rate().await;
+        let in_flight = self.wait_for_rate().await;
         let result = request.await;
+        drop(in_flight);
+        match &result {
+            Err(ApiError::Auth(_)) => self.token_refused.store(true, Ordering::Relaxed),
+            Ok(_) => self.token_refused.store(false, Ordering::Relaxed),
+            Err(_) => {}
+        }
         if let Err(ApiError::RateLimited {
             retry_after: Some(after),
             ..
@@ -234,6 +283,9 @@ impl CozeClient {
     }
 
     fn auth(&self) -> Result<reqwest::header::HeaderValue, ApiError> {
+        if self.token_refused.load(Ordering::Relaxed) {
+            self.reread_token_file();
+        }
         let token = match self.token.read() {
             Ok(t) => t.clone(),
             Err(p) => p.into_inner().clone(),
@@ -267,12 +319,18 @@ impl CozeClient {
         Ok(answer)
     }
 
-    async fn wait_for_rate(&self) {
+    /// Waits until the limiter lets one more request go; the request holds its place in the
+    /// windows until the returned guard is dropped.
+    async fn wait_for_rate(&self) -> InFlight<'_> {
         loop {
-            let next = self.with_limiter(|l| l.try_acquire(Instant::now()));
-            match next {
-                Ok(()) => return,
-                Err(at) => tokio::time::sleep_until(at).await,
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the limiter is asked, so an end in between is not missed.
+            ended.as_mut().enable();
+            match self.with_limiter(|l| l.try_begin(Instant::now())) {
+                Ok(()) => return InFlight { client: self },
+                Err(Some(at)) => tokio::time::sleep_until(at).await,
+                Err(None) => ended.await,
             }
         }
     }
@@ -313,6 +371,7 @@ async fn read_body(response: reqwest::Response, subject: &str) -> Result<Vec<u8>
             ReadError::TooLarge => ApiError::Transient {
                 kind: TransientKind::InvalidBody,
                 detail: format!("{subject}: answer larger than {MAX_BODY_BYTES} bytes"),
+                reply: None,
             },
             ReadError::Transport(e) => transport_error(subject, &e),
         })
@@ -323,6 +382,7 @@ fn invalid(subject: &str, detail: String) -> ApiError {
     ApiError::Transient {
         kind: TransientKind::InvalidBody,
         detail: format!("{subject}: {detail}"),
+        reply: None,
     }
 }
 
@@ -335,5 +395,6 @@ fn transport_error(subject: &str, e: &reqwest::Error) -> ApiError {
     ApiError::Transient {
         kind,
         detail: format!("{subject}: {}", http::error_chain(e)),
+        reply: None,
     }
 }

@@ -118,7 +118,12 @@ pub enum ApiError {
         first_id: String,
     },
     #[error("transient error: {} ({detail})", kind.as_str())]
-    Transient { kind: TransientKind, detail: String },
+    Transient {
+        kind: TransientKind,
+        detail: String,
+        /// What the server said, when it answered at all (a 5xx, an unknown code).
+        reply: Option<Box<Reply>>,
+    },
     /// A condition of this process, not of the API: asking again cannot fix it.
     #[error("{0}")]
     Local(LocalError),
@@ -156,17 +161,29 @@ impl ApiError {
         }
     }
 
-    /// The log id the server gave, if any.
-    pub fn logid(&self) -> Option<&str> {
+    /// What the server said, when it answered.
+    pub fn reply(&self) -> Option<&Reply> {
         match self {
             ApiError::Auth(r)
             | ApiError::Permission { reply: r }
-            | ApiError::DatasetNotFound(r) => r.logid.as_deref(),
-            ApiError::RateLimited { reply, .. } | ApiError::BadRequest { reply, .. } => {
-                reply.logid.as_deref()
-            }
-            ApiError::Transient { .. } | ApiError::Local(_) => None,
+            | ApiError::DatasetNotFound(r)
+            | ApiError::RateLimited { reply: r, .. }
+            | ApiError::BadRequest { reply: r, .. } => Some(r),
+            ApiError::Transient { reply, .. } => reply.as_deref(),
+            ApiError::Local(_) => None,
         }
+    }
+
+    /// The log id the server gave, if any.
+    pub fn logid(&self) -> Option<&str> {
+        self.reply().and_then(|r| r.logid.as_deref())
+    }
+
+    /// The server's `msg`, if it answered with one.
+    pub fn msg(&self) -> Option<&str> {
+        self.reply()
+            .map(|r| r.msg.as_str())
+            .filter(|m| !m.is_empty())
     }
 }
 
@@ -195,6 +212,7 @@ pub fn classify(x: &Exchange<'_>) -> Result<Answer, ApiError> {
         return Err(ApiError::Transient {
             kind: TransientKind::Redirect,
             detail: format!("dataset {}: HTTP {}", x.dataset, x.http),
+            reply: None,
         });
     }
     let envelope: Result<Envelope, _> = serde_json::from_slice(x.body);
@@ -255,6 +273,7 @@ pub fn classify_listing(
         return Err(ApiError::Transient {
             kind: TransientKind::Redirect,
             detail: format!("{}: HTTP {}", x.subject, x.http),
+            reply: None,
         });
     }
     let parsed: Result<serde_json::Value, _> = serde_json::from_slice(x.body);
@@ -322,10 +341,12 @@ fn judge(
         None if ok_http && !parsed => Err(ApiError::Transient {
             kind: TransientKind::InvalidBody,
             detail: reply.to_string(),
+            reply: Some(Box::new(reply)),
         }),
         None if ok_http => Err(ApiError::Transient {
             kind: TransientKind::InvalidBody,
             detail: format!("{reply}: no `code` in the answer"),
+            reply: Some(Box::new(reply)),
         }),
         _ if !ok_http => {
             // A 404 without a Coze JSON body is a wrong base_url or a proxy, not a dataset.
@@ -333,6 +354,7 @@ fn judge(
                 return Err(ApiError::Transient {
                     kind: TransientKind::InvalidBody,
                     detail: format!("{reply}: HTTP 404 without a Coze answer (is base_url right?)"),
+                    reply: Some(Box::new(reply)),
                 });
             }
             let class = by_http(reply.http);
@@ -341,6 +363,7 @@ fn judge(
         _ => Err(ApiError::Transient {
             kind: TransientKind::UnexpectedCode,
             detail: reply.to_string(),
+            reply: Some(Box::new(reply)),
         }),
     }
 }
@@ -402,10 +425,12 @@ fn build(
         Some(Class::Server) => ApiError::Transient {
             kind: TransientKind::Server,
             detail: reply.to_string(),
+            reply: Some(reply),
         },
         None => ApiError::Transient {
             kind: TransientKind::UnexpectedCode,
             detail: reply.to_string(),
+            reply: Some(reply),
         },
     }
 }

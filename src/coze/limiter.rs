@@ -3,8 +3,13 @@
 //! second, 60 per minute", read strictly), the configured average rate, an optional daily
 //! budget, and a pause that 429s and auth failures impose on every request.
 //!
+//! A request holds its place in the per-second and per-minute windows from the moment it is
+//! let go until its answer comes, and is then counted at the answer: the server counts it
+//! somewhere in between, so the next request the window admits reaches the server at least a
+//! second after it, whatever the delays between deciding to send and the bytes arriving.
+//!
 //! Pure logic on explicit instants: it never sleeps and never reads the clock itself. The client
-//! wraps it in a mutex and sleeps until the instant it names.
+//! wraps it in a mutex and sleeps until the instant it names, or until a request ends.
 
 use std::time::Duration;
 
@@ -81,20 +86,36 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one request permit at `now`, or says when to ask again.
+    /// Takes one request permit at `now` for a request counted at once (a server's own view),
+    /// or says when to ask again.
     pub fn try_acquire(&mut self, now: Instant) -> Result<(), Instant> {
+        match self.try_begin(now) {
+            Ok(()) => {
+                self.end(now);
+                Ok(())
+            }
+            // Nothing is ever open here, so a window always names its instant.
+            Err(at) => Err(at.unwrap_or(now)),
+        }
+    }
+
+    /// Lets a request go at `now` that holds its place until [`RateLimiter::end`], or says
+    /// when to ask again: `Some(instant)`, or `None` when only the end of a request in flight
+    /// can make room.
+    pub fn try_begin(&mut self, now: Instant) -> Result<(), Option<Instant>> {
         if let Some(until) = self.paused_until {
             if now < until {
-                return Err(until);
+                return Err(Some(until));
             }
             self.paused_until = None;
         }
         self.rate.refill(now);
-        let mut ready = self
-            .rate
-            .ready_at(now)
-            .max(self.per_second.ready_at(now))
-            .max(self.per_minute.ready_at(now));
+        let (Some(second), Some(minute)) =
+            (self.per_second.ready_at(now), self.per_minute.ready_at(now))
+        else {
+            return Err(None);
+        };
+        let mut ready = self.rate.ready_at(now).max(second).max(minute);
         if let Some(day) = &mut self.per_day {
             day.refill(now);
             if day.rate <= 0.0 && day.tokens < 1.0 {
@@ -105,25 +126,21 @@ impl RateLimiter {
             }
         }
         if ready > now {
-            return Err(ready);
+            return Err(Some(ready));
         }
         self.rate.tokens -= 1.0;
-        self.per_second.record(now);
-        self.per_minute.record(now);
+        self.per_second.begin();
+        self.per_minute.begin();
         if let Some(day) = &mut self.per_day {
             day.tokens -= 1.0;
         }
         Ok(())
     }
 
-    /// Widens the per-second and per-minute windows by `margin`: the client's requests reach
-    /// the server with some jitter, so two sent exactly a second apart may arrive a little
-    /// less than a second apart; the server's own quota (the simulator's) uses no margin.
-    pub fn with_margin(mut self, margin: Duration) -> Self {
-        let (second, minute) = (self.per_second.per_minute(), self.per_minute.per_minute());
-        self.per_second = Throttle::per(second as u32, Duration::from_secs(1) + margin);
-        self.per_minute = Throttle::per(minute as u32, Duration::from_secs(60) + margin);
-        self
+    /// Ends a request let go by [`RateLimiter::try_begin`]: answered, failed or abandoned at `now`.
+    pub fn end(&mut self, now: Instant) {
+        self.per_second.end(now);
+        self.per_minute.end(now);
     }
 
     /// Stops every request until `until` (a 429's `Retry-After`, or an auth failure's backoff).
@@ -193,12 +210,69 @@ mod tests {
     }
 
     #[test]
-    fn a_margin_keeps_requests_more_than_a_second_apart() {
+    fn a_request_in_flight_holds_its_place_until_its_answer_then_a_second() {
         let t0 = Instant::now();
-        let mut l = RateLimiter::new(2.0, None, t0).with_margin(Duration::from_millis(50));
-        let got = grants_until(&mut l, t0, t0 + Duration::from_secs(10));
-        for (i, g) in got.iter().enumerate().skip(2) {
-            assert!(*g - got[i - 2] >= Duration::from_millis(1050), "{got:?}");
+        let ms = Duration::from_millis;
+        let mut l = RateLimiter::new(2.0, None, t0);
+        assert_eq!(l.try_begin(t0), Ok(()));
+        assert_eq!(l.try_begin(t0 + ms(500)), Ok(()));
+        assert_eq!(
+            l.try_begin(t0 + ms(1000)),
+            Err(None),
+            "both still in flight"
+        );
+        l.end(t0 + ms(1200));
+        assert_eq!(
+            l.try_begin(t0 + ms(1300)),
+            Err(Some(t0 + ms(2200))),
+            "the answered one counts from its answer, and leaves a second later"
+        );
+        l.end(t0 + ms(1400));
+        assert_eq!(l.try_begin(t0 + ms(1500)), Err(Some(t0 + ms(2200))));
+        assert_eq!(l.try_begin(t0 + ms(2200)), Ok(()));
+    }
+
+    #[test]
+    fn answered_requests_never_fall_two_in_a_second_as_the_server_sees_them() {
+        // The server counts each request somewhere between its start and its answer: with
+        // answers 0..300 ms after the start, any arrival times stay a second apart per pair.
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(2.0, None, t0);
+        let mut now = t0;
+        let mut spans = Vec::new();
+        let mut in_flight: Vec<(Instant, Instant)> = Vec::new();
+        let mut k = 0u64;
+        while now < t0 + Duration::from_secs(20) {
+            in_flight.retain(|&(start, end)| {
+                if end <= now {
+                    l.end(end);
+                    spans.push((start, end));
+                    false
+                } else {
+                    true
+                }
+            });
+            if l.try_begin(now).is_ok() {
+                k += 1;
+                in_flight.push((now, now + Duration::from_millis(k * 37 % 300)));
+            }
+            now += Duration::from_millis(1);
+        }
+        assert!(spans.len() >= 25, "{}", spans.len());
+        // Three requests could meet in one second only if the latest start came less than a
+        // second after the earliest answer.
+        for (i, a) in spans.iter().enumerate() {
+            for (j, b) in spans.iter().enumerate().skip(i + 1) {
+                for c in spans.iter().skip(j + 1) {
+                    let latest_start = a.0.max(b.0).max(c.0);
+                    let earliest_end = a.1.min(b.1).min(c.1);
+                    assert!(
+                        latest_start.saturating_duration_since(earliest_end)
+                            >= Duration::from_secs(1),
+                        "{a:?} {b:?} {c:?}"
+                    );
+                }
+            }
         }
     }
 

@@ -258,7 +258,8 @@ impl Engine {
             Some(Stop::Api(e)) => {
                 self.metrics.api_error(e.kind());
                 let permission = matches!(e, ApiError::Permission { .. } | ApiError::Auth(_));
-                tracing::warn!(scope = %scope, error = %e, logid = e.logid().unwrap_or(""), "discovery failed; backing off");
+                tracing::warn!(scope = %scope, error = %e, msg = e.msg().unwrap_or(""),
+                    logid = e.logid().unwrap_or(""), "discovery failed; backing off");
                 let problem = permission.then(|| format!("discovery of {scope}: {e}"));
                 self.discovery_failed(&scope, now, Some((&e, problem)));
             }

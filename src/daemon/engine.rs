@@ -19,13 +19,13 @@ use super::persist::{Hot, Recent, worth_storing};
 use super::{
     ExtraNotifier, NEVER, PRUNE_EVERY, Policies, RunContext, SHUTDOWN_GRACE, sd_notify_state,
 };
-use crate::config::{self, Config, TokenSource, WatchList};
+use crate::config::{Config, WatchList};
 use crate::coze::{ApiError, CozeClient};
-use crate::event::EventType;
+use crate::event::{EventId, EventType};
 use crate::ids::{DatasetId, DocumentId};
 use crate::metrics::Metrics;
 use crate::notify::DispatcherHandle;
-use crate::notify::{EventBody, new_event_id};
+use crate::notify::EventBody;
 use crate::poller::{PollReport, poll_dataset};
 use crate::schedule::{self, DatasetSchedule, DueQueue, Failure};
 use crate::store::{NewEvent, StoreError, StoreHandle, Stored, StoredSchedule};
@@ -384,9 +384,11 @@ impl Engine {
         m.api_requests.inc_by(u64::from(report.requests));
         m.poll_seconds.observe(started.elapsed().as_secs_f64());
         m.poll(report.failure.is_none());
+        for kind in &report.refused {
+            m.api_error(kind);
+        }
         match &report.failure {
             Some(e) => {
-                m.api_error(e.kind());
                 let auth = matches!(
                     e,
                     ApiError::Auth(_) | ApiError::Permission { .. } | ApiError::Local(_)
@@ -430,7 +432,12 @@ impl Engine {
                     // nothing to store. The metrics still count it.
                     continue;
                 }
-                let event_id = new_event_id();
+                let event_id = EventId::derive(
+                    doc.dataset_id.as_str(),
+                    doc.document_id.as_str(),
+                    draft.event_type,
+                    draft.occurrence,
+                );
                 let body = EventBody::build(event_id.clone(), doc, draft, &labels, now);
                 out.push(NewEvent {
                     event_id,
@@ -487,27 +494,16 @@ impl Engine {
         }
     }
 
-    /// Maps an API error to its schedule reaction, and applies the shared ones: auth failures
-    /// pause every request (the token is shared) and re-read `token_file`.
+    /// Maps an API error to its schedule reaction, and applies the shared one: auth failures
+    /// pause every request (the token is shared).
     fn failure_of(&self, e: &ApiError, now: Instant) -> Failure {
-        tracing::warn!(error = %e, logid = e.logid().unwrap_or(""), kind = e.kind(), "poll failed");
+        tracing::warn!(error = %e, msg = e.msg().unwrap_or(""), logid = e.logid().unwrap_or(""),
+            kind = e.kind(), "poll failed");
         let r = schedule::reaction(e, &self.policy.schedule);
         if let Some(pause) = r.pause_all {
             self.client.pause_until(now + pause);
         }
-        if r.reread_token {
-            self.reread_token();
-        }
         r.failure
-    }
-
-    fn reread_token(&self) {
-        if let TokenSource::File(_) = &self.config.api.token_source {
-            match self.config.api.token_source.read(&config::process_env) {
-                Ok(t) => self.client.set_token(t),
-                Err(msg) => tracing::error!(error = %msg, "cannot re-read the token"),
-            }
-        }
     }
 
     pub(super) async fn sweep_removed_notifiers(&self) {

@@ -157,6 +157,7 @@ mod tests {
             previous_status: None,
             previous_progress: None,
             reason: None,
+            occurrence: 1,
         };
         let body = EventBody::build(
             new_event_id(),

@@ -1,9 +1,10 @@
 //! The log notifier: one tracing line per event, with the data fields as structured fields.
 //!
 //! The event type and document id are literally on the line; untrusted strings (names,
-//! failure reasons, labels) go through `Debug`, which escapes quotes and control characters, so
-//! a document name cannot forge log lines. The document `url` (a signed download link) is
-//! never logged.
+//! failure reasons, labels) are string fields, which text lines quote and escape (so a
+//! document name cannot forge log lines) and JSON lines write as JSON strings; `labels` is
+//! recorded as JSON text, which JSON lines write as an object. The document `url` (a signed
+//! download link) is never logged.
 
 use super::EventBody;
 use crate::event::EventType;
@@ -36,6 +37,7 @@ impl Notifier for LogNotifier {
 fn emit(notifier: &str, body: &EventBody) {
     let d = &body.data;
     let ty = body.event_type.as_str();
+    let labels = serde_json::to_string(&d.labels).unwrap_or_default();
     macro_rules! line {
         ($level:ident) => {
             tracing::$level!(
@@ -45,18 +47,18 @@ fn emit(notifier: &str, body: &EventBody) {
                 event_id = %d.event_id,
                 dataset_id = %d.dataset_id,
                 document_id = %d.document_id,
-                document_name = d.document_name.as_deref().map(tracing::field::debug),
+                document_name = d.document_name.as_deref(),
                 status = d.status,
                 progress = d.progress,
                 remaining_time = d.remaining_time,
-                status_descript = d.status_descript.as_deref().map(tracing::field::debug),
-                file_type = d.file_type.as_deref().map(tracing::field::debug),
+                status_descript = d.status_descript.as_deref(),
+                file_type = d.file_type.as_deref(),
                 size = d.size,
                 previous_status = d.previous_status,
                 previous_progress = d.previous_progress,
                 reason = d.reason.as_deref(),
                 elapsed_seconds = d.elapsed_seconds,
-                labels = ?d.labels,
+                labels = labels.as_str(),
                 "{ty} {} {:?} in dataset {}{}",
                 d.document_id,
                 d.document_name.as_deref().unwrap_or(""),

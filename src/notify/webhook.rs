@@ -177,7 +177,7 @@ impl Notifier for WebhookNotifier {
     }
 
     fn ready_at(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        self.with_throttle(|t| t.ready_at(now))
+        self.with_throttle(|t| t.ready_at(now)).flatten()
     }
 
     fn digest_above(&self) -> Option<usize> {
@@ -232,13 +232,13 @@ async fn body_snippet(response: reqwest::Response) -> String {
     let bytes = http::read_prefix(response, ERROR_BODY_BYTES).await;
     let text: String = String::from_utf8_lossy(&bytes)
         .chars()
-        .filter(|c| !c.is_control())
+        .map(|c| if c.is_control() { ' ' } else { c })
         .take(ERROR_BODY_BYTES)
         .collect();
     if text.trim().is_empty() {
         String::new()
     } else {
-        format!(": {text:?}")
+        format!(": {}", text.trim())
     }
 }
 

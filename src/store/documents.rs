@@ -5,7 +5,7 @@
 //! machine never changes what an old row decodes to. Every field a row may lack has a serde
 //! default, and the rows written by 0.1.0 (`tests/fixtures/store-0.1.0`) must always decode.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -72,6 +72,10 @@ pub struct Row {
     pub reason: Option<String>,
     #[serde(default)]
     pub terminal_at: Option<i64>,
+    /// Events fired so far, by event type (`document.completed`: 1): the occurrence numbers
+    /// that derive event ids. Absent in rows written before 0.2.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fired: BTreeMap<String, u32>,
 }
 
 fn version_1() -> u32 {
@@ -127,6 +131,11 @@ impl From<&DocState> for Row {
             unknown_status_warned: d.unknown_status_warned,
             reason: d.reason.clone(),
             terminal_at: d.terminal_at.map(|t| t.0),
+            fired: d
+                .fired
+                .iter()
+                .map(|(t, n)| (t.as_str().to_string(), *n))
+                .collect(),
         }
     }
 }
@@ -140,6 +149,8 @@ pub enum RowError {
     TooNew(u32),
     #[error("unknown state {0:?}")]
     UnknownState(String),
+    #[error("{0}")]
+    UnknownEvent(String),
 }
 
 impl TryFrom<Row> for DocState {
@@ -177,6 +188,11 @@ impl TryFrom<Row> for DocState {
             unknown_status_warned: r.unknown_status_warned,
             reason: r.reason,
             terminal_at: r.terminal_at.map(UnixMs),
+            fired: r
+                .fired
+                .iter()
+                .map(|(t, n)| Ok((t.parse().map_err(RowError::UnknownEvent)?, *n)))
+                .collect::<Result<_, RowError>>()?,
         })
     }
 }

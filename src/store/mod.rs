@@ -42,7 +42,7 @@ pub const LOCK_FILE: &str = "coze-watch.lock";
 
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("state directory {dir}: {source}")]
+    #[error("state directory {dir}: {}", io_text(source))]
     Dir {
         dir: PathBuf,
         source: std::io::Error,
@@ -68,6 +68,23 @@ pub enum StoreError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+}
+
+/// An I/O error in words; a refused permission names the user this process runs as.
+fn io_text(e: &std::io::Error) -> String {
+    if crate::access::is_denied(e) {
+        format!("permission denied for {}", crate::access::whoami())
+    } else {
+        e.to_string()
+    }
+}
+
+/// The error for a store file this process may not open.
+fn denied(dir: &Path) -> StoreError {
+    StoreError::Dir {
+        dir: dir.to_path_buf(),
+        source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+    }
 }
 
 impl StoreError {
@@ -111,6 +128,9 @@ impl Store {
         {
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         }
+        if !crate::access::may_open(&path, true) {
+            return Err(denied(dir));
+        }
         let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -130,6 +150,11 @@ impl Store {
     /// neither file.
     pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join(DB_FILE);
+        match std::fs::metadata(&path) {
+            Err(e) if crate::access::is_denied(&e) => return Err(denied(dir)),
+            Ok(_) if !crate::access::may_open(&path, false) => return Err(denied(dir)),
+            _ => {}
+        }
         if !path.exists() {
             return Err(StoreError::Dir {
                 dir: dir.to_path_buf(),
@@ -182,6 +207,11 @@ impl Store {
     /// `deliveries`, safe while the daemon runs: SQLite serialises the writers).
     pub fn open_existing(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join(DB_FILE);
+        match std::fs::metadata(&path) {
+            Err(e) if crate::access::is_denied(&e) => return Err(denied(dir)),
+            Ok(_) if !crate::access::may_open(&path, true) => return Err(denied(dir)),
+            _ => {}
+        }
         let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

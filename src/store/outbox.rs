@@ -92,6 +92,8 @@ pub struct DeliveryRow {
     pub attempts: u32,
     pub next_attempt_at: UnixMs,
     pub last_error: Option<String>,
+    /// The last change: for a dead delivery, when it died.
+    pub updated_at: UnixMs,
 }
 
 /// A notifier's due deliveries (see [`Store::due_deliveries`]).
@@ -356,7 +358,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT d.event_seq, e.event_id, e.type, e.dataset_id, e.document_id, d.notifier,
-                        d.status, d.attempts, d.next_attempt_at, d.last_error
+                        d.status, d.attempts, d.next_attempt_at, d.last_error, d.updated_at
                  FROM deliveries d JOIN events e ON e.seq = d.event_seq
                  WHERE d.status = ?1 ORDER BY d.event_seq DESC LIMIT ?2",
             )
@@ -374,6 +376,7 @@ impl Store {
                     attempts: r.get::<_, i64>(7)?.clamp(0, i64::from(u32::MAX)) as u32,
                     next_attempt_at: UnixMs(r.get(8)?),
                     last_error: r.get(9)?,
+                    updated_at: UnixMs(r.get(10)?),
                 })
             })
             .map_err(|e| self.err(e))?;

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Debug)]
 pub enum Reply {
     Status(u16),
+    /// This status with this body.
+    StatusBody(u16, &'static str),
     /// HTTP 200 with this body (a chat service's own answer).
     Body(&'static str),
     RetryAfter(u16, u64),
@@ -132,6 +134,9 @@ async fn handle(
     let response = match &reply {
         Reply::Status(code) => StatusCode::from_u16(*code).unwrap().into_response(),
         Reply::Body(text) => (StatusCode::OK, *text).into_response(),
+        Reply::StatusBody(code, text) => {
+            (StatusCode::from_u16(*code).unwrap(), *text).into_response()
+        }
         Reply::RetryAfter(code, secs) => (
             StatusCode::from_u16(*code).unwrap(),
             [(header::RETRY_AFTER, secs.to_string())],

@@ -552,6 +552,10 @@ fn resolve_state(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawState
         );
     } else if raw.dir.is_some() && !dir.as_os_str().is_empty() && !dir.is_absolute() {
         ctx.error(src, &path.key("dir"), "must be an absolute path");
+    } else if dir.is_absolute()
+        && let Err(why) = crate::access::state_dir_usable(&dir)
+    {
+        ctx.env_problem(src, &path.key("dir"), why);
     }
     let retention = ctx.positive_duration(
         src,
