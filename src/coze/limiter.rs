@@ -56,8 +56,9 @@ impl Bucket {
 
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
-    /// The average rate (no burst: a bucket of one).
-    rate: Bucket,
+    /// The average rate (no burst: a bucket of one). `None` for a server's quota, which counts
+    /// only the windows (its clients' requests arrive with jitter, not evenly spaced).
+    rate: Option<Bucket>,
     /// At most `floor(rate)` (at least 1) in any sliding second: a bucket alone lets a fraction
     /// of a second's tokens and the next second's fall in one window.
     per_second: Throttle,
@@ -78,12 +79,23 @@ impl RateLimiter {
         });
         let whole = per_second.floor().clamp(1.0, f64::from(u32::MAX / 60)) as u32;
         RateLimiter {
-            rate: Bucket::new(1.0, per_second, now),
+            rate: Some(Bucket::new(1.0, per_second, now)),
             per_second: Throttle::per(whole, Duration::from_secs(1)),
             per_minute: Throttle::new(whole * 60),
             per_day,
             paused_until: None,
         }
+    }
+
+    /// A server's quota of `per_second` (as Coze states it: at most that many in any sliding
+    /// second, 60 times that in any sliding minute): the windows alone, and for a quota under
+    /// one a second, its average rate.
+    pub fn server_quota(per_second: f64, now: Instant) -> Self {
+        let mut l = Self::new(per_second, None, now);
+        if per_second >= 1.0 {
+            l.rate = None;
+        }
+        l
     }
 
     /// Takes one request permit at `now` for a request counted at once (a server's own view),
@@ -109,13 +121,18 @@ impl RateLimiter {
             }
             self.paused_until = None;
         }
-        self.rate.refill(now);
+        if let Some(rate) = &mut self.rate {
+            rate.refill(now);
+        }
         let (Some(second), Some(minute)) =
             (self.per_second.ready_at(now), self.per_minute.ready_at(now))
         else {
             return Err(None);
         };
-        let mut ready = self.rate.ready_at(now).max(second).max(minute);
+        let mut ready = second.max(minute);
+        if let Some(rate) = &self.rate {
+            ready = ready.max(rate.ready_at(now));
+        }
         if let Some(day) = &mut self.per_day {
             day.refill(now);
             if day.rate <= 0.0 && day.tokens < 1.0 {
@@ -128,7 +145,9 @@ impl RateLimiter {
         if ready > now {
             return Err(Some(ready));
         }
-        self.rate.tokens -= 1.0;
+        if let Some(rate) = &mut self.rate {
+            rate.tokens -= 1.0;
+        }
         self.per_second.begin();
         self.per_minute.begin();
         if let Some(day) = &mut self.per_day {
@@ -274,6 +293,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_server_quota_counts_windows_not_spacing() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut q = RateLimiter::server_quota(2.0, t0);
+        // Two arrivals 100 ms apart are within "2 per second"; a third in that second is not.
+        assert_eq!(q.try_acquire(t0), Ok(()));
+        assert_eq!(q.try_acquire(t0 + ms(100)), Ok(()));
+        assert_eq!(q.try_acquire(t0 + ms(900)), Err(t0 + ms(1000)));
+        assert_eq!(q.try_acquire(t0 + ms(1000)), Ok(()));
+        let mut half = RateLimiter::server_quota(0.5, t0);
+        assert_eq!(half.try_acquire(t0), Ok(()));
+        assert_eq!(half.try_acquire(t0 + ms(1500)), Err(t0 + ms(2000)));
     }
 
     #[test]

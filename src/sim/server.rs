@@ -100,7 +100,7 @@ impl SimState {
             quota: Mutex::new(
                 scenario
                     .quota_per_second
-                    .map(|q| RateLimiter::new(q, None, now)),
+                    .map(|q| RateLimiter::server_quota(q, now)),
             ),
             scenario,
             started: now,
