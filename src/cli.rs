@@ -30,6 +30,12 @@ pub enum Command {
         after_help = "Example:\n  coze-watch check -c /etc/coze-watch/config.yaml\n  coze-watch check --lint -c config.example.yaml"
     )]
     Check(CheckArgs),
+    /// Upload local files or web pages to a knowledge base, then wait for them or hand them
+    /// to the running daemon.
+    #[command(
+        after_help = "Examples:\n  coze-watch upload 7442585813587000000 report.pdf notes.txt --wait --timeout 30m\n  coze-watch upload 7442585813587000000 docs/*.pdf --batch nightly --watch -c /etc/coze-watch/config.yaml\n  coze-watch upload 7442585813587000000 --url https://example.com/faq --update-interval 24"
+    )]
+    Upload(crate::upload::UploadArgs),
     /// Poll until every document is terminal: progress bars on a terminal, one line per change
     /// otherwise. Exit 0 all completed, 1 any failed or missing, 3 timed out, 4 API unusable
     /// (auth, permission, dataset not found), 130 interrupted. The token comes from

@@ -306,6 +306,7 @@ mod tests {
             rule: WatchedDocument {
                 labels: Arc::default(),
                 notify: None,
+                batch: None,
             },
         }
     }

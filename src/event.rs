@@ -24,16 +24,20 @@ pub enum EventType {
     TimedOut,
     #[serde(rename = "document.progress")]
     Progress,
+    /// Every document of a batch is terminal (one event for the batch).
+    #[serde(rename = "batch.completed")]
+    BatchCompleted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 7] = [
         EventType::Completed,
         EventType::Failed,
         EventType::Stalled,
         EventType::Missing,
         EventType::TimedOut,
         EventType::Progress,
+        EventType::BatchCompleted,
     ];
 
     /// What a notifier subscribes to when its `events` key is absent: everything but the chatty
@@ -53,6 +57,7 @@ impl EventType {
             EventType::Missing => "document.missing",
             EventType::TimedOut => "document.timed_out",
             EventType::Progress => "document.progress",
+            EventType::BatchCompleted => "batch.completed",
         }
     }
 }
@@ -74,6 +79,13 @@ impl FromStr for EventType {
                 format!("unknown event type {s:?} (known: {})", names.join(", "))
             })
     }
+}
+
+/// A batch's id: `bat_` + 32 hex digits of the SHA-256 of `batch/<name>`, the same for the
+/// batch name on any store and any instance.
+pub fn batch_id(name: &str) -> String {
+    let evt = EventId::from_key(&format!("batch/{name}"));
+    format!("bat_{}", evt.as_str().trim_start_matches("evt_"))
 }
 
 /// An event's id (`evt_...`): the same for the event forever, across retries and restarts;
@@ -99,6 +111,12 @@ impl EventId {
     ) -> Self {
         let key = format!("{dataset_id}/{document_id}/{event_type}/{occurrence}");
         Self::from_key(&key)
+    }
+
+    /// The id of the `occurrence`-th `batch.completed` of the batch `batch_id`: `evt_` + 32
+    /// hex digits of the SHA-256 of `<batch_id>/batch.completed/<occurrence>`.
+    pub fn for_batch(batch_id: &str, occurrence: u32) -> Self {
+        Self::from_key(&format!("{batch_id}/batch.completed/{occurrence}"))
     }
 
     /// `evt_` + 32 hex digits of the SHA-256 of `key`.

@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod status;
 pub mod runtime;
 pub mod wait;
+pub mod upload;
 pub mod deliveries;
 pub mod check;
 pub mod demo;

@@ -40,6 +40,23 @@ fn main() -> ExitCode {
             let code = coze_watch::wait::command(args).await?;
             Ok(ExitCode::from(code))
         }),
+        Command::Upload(args) => {
+            let target = if args.watch {
+                match load_for_inspection(&args.config) {
+                    Ok(c) => Some(coze_watch::upload::WatchTarget {
+                        state_dir: c.state.dir.clone(),
+                        notifiers: c.notifiers.iter().map(|n| n.name.clone()).collect(),
+                    }),
+                    Err(code) => return code,
+                }
+            } else {
+                None
+            };
+            run_async(async move {
+                let code = coze_watch::upload::command(args, target).await?;
+                Ok(ExitCode::from(code))
+            })
+        }
         Command::Deliveries(args) => deliveries(&args),
         Command::Watch { command, config } => match load_for_inspection(&config) {
             Ok(c) => {

@@ -42,6 +42,9 @@ pub struct AddRequest {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub notify: Option<Vec<String>>,
+    /// Names these documents as one batch: `batch.completed` fires when all are terminal.
+    #[serde(default)]
+    pub batch: Option<String>,
 }
 
 /// Validates an add request against the configured notifier names.
@@ -82,12 +85,22 @@ pub fn validate_add(
             return Err(bad("labels", "a label needs a name"));
         }
     }
+    if let Some(b) = &req.batch {
+        validate::batch_name(b).map_err(|m| bad("batch", m))?;
+        if req.all {
+            return Err(bad(
+                "batch",
+                "a batch needs its documents named: a whole knowledge base never completes",
+            ));
+        }
+    }
     let dataset = DatasetId::new(&req.dataset_id);
     let entry = |document: Option<DocumentId>| RuntimeEntry {
         dataset: dataset.clone(),
         document,
         labels: req.labels.clone(),
         notify: req.notify.clone(),
+        batch: req.batch.clone(),
         created_at: now,
     };
     Ok(if req.all {
@@ -130,6 +143,7 @@ pub struct EntryView {
     pub all: bool,
     pub labels: BTreeMap<String, String>,
     pub notify: Option<Vec<String>>,
+    pub batch: Option<String>,
     pub created_at: String,
 }
 
@@ -141,6 +155,7 @@ impl From<&RuntimeEntry> for EntryView {
             all: e.document.is_none(),
             labels: e.labels.clone(),
             notify: e.notify.clone(),
+            batch: e.batch.clone(),
             created_at: e.created_at.rfc3339_seconds(),
         }
     }
@@ -155,18 +170,24 @@ pub fn render_text(entries: &[RuntimeEntry]) -> String {
             None => "all documents".to_string(),
         };
         let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let labels = if labels.is_empty() {
+            String::new()
+        } else {
+            format!(" labels {}", labels.join(","))
+        };
+        let notify = e
+            .notify
+            .as_ref()
+            .map(|n| format!(" notify {}", n.join(",")))
+            .unwrap_or_default();
+        let batch = e
+            .batch
+            .as_ref()
+            .map(|b| format!(" batch {b}"))
+            .unwrap_or_default();
         out.push_str(&format!(
-            "  dataset {} {what}{}{} (since {})\n",
+            "  dataset {} {what}{labels}{notify}{batch} (since {})\n",
             e.dataset,
-            if labels.is_empty() {
-                String::new()
-            } else {
-                format!(" labels {}", labels.join(","))
-            },
-            e.notify
-                .as_ref()
-                .map(|n| format!(" notify {}", n.join(",")))
-                .unwrap_or_default(),
             e.created_at.rfc3339_seconds()
         ));
     }
@@ -272,6 +293,10 @@ pub mod cli {
         /// Only this notifier (repeatable; default: every notifier).
         #[arg(long = "notify", value_name = "NAME")]
         pub notify: Vec<String>,
+        /// Name these documents as one batch: `batch.completed` fires once when all are
+        /// terminal.
+        #[arg(long, value_name = "NAME", conflicts_with = "all")]
+        pub batch: Option<String>,
     }
 
     /// Runs a `watch` command on the store in `dir`; returns the exit code (78 for bad input,
@@ -318,14 +343,12 @@ pub mod cli {
                     all: a.all,
                     labels,
                     notify: (!a.notify.is_empty()).then(|| a.notify.clone()),
+                    batch: a.batch.clone(),
                 };
-                let entries =
-                    super::validate_add(&req, notifiers, UnixMs::now()).map_err(Failure::Input)?;
-                let added = Store::open(dir)?.add_watch_entries(&entries)?;
-                nudge(dir);
+                let (added, asked) = add_entries(dir, notifiers, &req)?;
                 format!(
                     "added {added} run-time watch entries ({} already there)\n",
-                    entries.len() - added
+                    asked - added
                 )
             }
             WatchCommand::Remove {
@@ -358,6 +381,29 @@ pub mod cli {
             }
         };
         Ok(text)
+    }
+
+    /// Validates `req`, stores its entries and tells a running daemon. Returns (added, asked).
+    fn add_entries(
+        dir: &Path,
+        notifiers: &[String],
+        req: &AddRequest,
+    ) -> Result<(usize, usize), Failure> {
+        let entries = super::validate_add(req, notifiers, UnixMs::now()).map_err(Failure::Input)?;
+        let added = Store::open(dir)?.add_watch_entries(&entries)?;
+        nudge(dir);
+        Ok((added, entries.len()))
+    }
+
+    /// `watch add` for other commands (`upload --watch`): the entries added, or the error in
+    /// words.
+    pub fn add(dir: &Path, notifiers: &[String], req: &AddRequest) -> Result<usize, String> {
+        add_entries(dir, notifiers, req)
+            .map(|(added, _)| added)
+            .map_err(|f| match f {
+                Failure::Input(e) => e.to_string(),
+                Failure::Store(e) => e.to_string(),
+            })
     }
 
     /// Tells a running daemon to read the run-time watch list now (SIGUSR1).

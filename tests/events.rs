@@ -1,6 +1,6 @@
 //! The event contract (`docs/events.md`, `schemas/event.schema.json`): real bodies of every
-//! event type, delivered by the daemon to a receiver on 127.0.0.1, and the body of
-//! `notify-test`, validate against the checked-in schema.
+//! event type (the batch one included), delivered by the daemon to a receiver on 127.0.0.1,
+//! and the body of `notify-test`, validate against the checked-in schema.
 
 mod helper;
 
@@ -51,10 +51,12 @@ async fn real_bodies_of_every_event_type_validate_against_the_schema() {
                 missing_after: 1\n  missing_grace: 1s\n  progress_step: 10\n";
     let rest = format!(
         "  - name: hook\n    type: webhook\n    url: {}\n    events: [document.completed, document.failed, \
-         document.stalled, document.missing, document.timed_out, document.progress]\n{}",
+         document.stalled, document.missing, document.timed_out, document.progress, batch.completed]\n{}",
         rx.url("/h"),
         watch(DS, &ids)
     );
+    // The four documents form a batch: `batch.completed` once all are terminal.
+    let rest = format!("{rest}    batch: b1\n");
     work.write_config(&sim.base_url(), poll, &rest);
     let mut d = Daemon::start(&work);
     let types = || -> std::collections::BTreeSet<String> {
@@ -63,11 +65,23 @@ async fn real_bodies_of_every_event_type_validate_against_the_schema() {
             .map(|r| r.json()["type"].as_str().unwrap_or_default().to_string())
             .collect()
     };
-    wait_until("all six event types", Duration::from_secs(30), || {
-        types().len() == 6
+    wait_until("all seven event types", Duration::from_secs(30), || {
+        types().len() == 7
     })
     .await;
     d.stop().await;
+    let batch: Vec<serde_json::Value> = rx
+        .requests()
+        .iter()
+        .map(|r| r.json())
+        .filter(|b| b["type"] == "batch.completed")
+        .collect();
+    assert_eq!(batch.len(), 1, "once");
+    assert_eq!(
+        batch[0]["data"]["counts"],
+        serde_json::json!({"completed": 1, "failed": 1, "missing": 1, "timed_out": 1})
+    );
+    assert_eq!(batch[0]["data"]["batch"], "b1");
     let v = validator();
     for r in rx.requests() {
         let body = r.json();

@@ -476,6 +476,8 @@ pub struct WatchList {
     pub all_of: BTreeMap<DatasetId, WatchedDocument>,
     /// Spaces watched whole: every Coze knowledge base, present and future.
     pub spaces: Vec<SpaceWatch>,
+    /// The documents of each batch (see [`WatchList::index_batches`]).
+    pub batches: BTreeMap<String, Vec<(DatasetId, DocumentId)>>,
 }
 
 /// A `space:` entry.
@@ -496,6 +498,22 @@ impl SpaceWatch {
 }
 
 impl WatchList {
+    /// Rebuilds [`WatchList::batches`] from the documents' `batch`.
+    pub fn index_batches(&mut self) {
+        let mut batches: BTreeMap<String, Vec<(DatasetId, DocumentId)>> = BTreeMap::new();
+        for (ds, docs) in &self.datasets {
+            for (doc, w) in docs {
+                if let Some(b) = &w.batch {
+                    batches
+                        .entry(b.to_string())
+                        .or_default()
+                        .push((ds.clone(), doc.clone()));
+                }
+            }
+        }
+        self.batches = batches;
+    }
+
     /// Documents named one by one.
     pub fn document_count(&self) -> usize {
         self.datasets.values().map(BTreeMap::len).sum()
@@ -523,6 +541,8 @@ pub struct WatchedDocument {
     pub labels: std::sync::Arc<BTreeMap<String, String>>,
     /// Notifier names; `None` means every notifier.
     pub notify: Option<std::sync::Arc<[String]>>,
+    /// The batch the document belongs to (explicit documents only).
+    pub batch: Option<std::sync::Arc<str>>,
 }
 
 impl Config {

@@ -147,6 +147,8 @@ pub struct RawWatch {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub notify: Option<Vec<String>>,
+    /// Names the entry's documents as one batch (`batch.completed`); explicit documents only.
+    pub batch: Option<String>,
 }
 
 /// `documents:` as written: a list of ids, or `all`.

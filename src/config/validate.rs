@@ -10,6 +10,21 @@ use url::Url;
 use super::DEFAULT_BASE_URL;
 
 /// Checks an id: Coze ids are int64 values written as 1 to 19 decimal digits (SPEC section 11).
+/// A batch name: 1 to 128 characters, no control characters (it is shown in messages and
+/// sent in events).
+pub fn batch_name(text: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err("empty batch name".into());
+    }
+    if text.chars().count() > 128 {
+        return Err("a batch name is at most 128 characters".into());
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!("batch name {text:?} holds control characters"));
+    }
+    Ok(())
+}
+
 pub fn id(text: &str) -> Result<(), String> {
     if text.trim().is_empty() {
         return Err("empty id".into());

@@ -244,6 +244,21 @@ impl CozeClient {
         listing::document_page(&answer).map_err(|e| invalid(&subject, e))
     }
 
+    /// Creates documents in a knowledge base (`POST /open_api/knowledge/document/create`, at
+    /// most 10 a request): one request, never retried here, because a create is not
+    /// idempotent. The classified answer as JSON (the caller reads `document_infos`).
+    pub async fn create_documents(
+        &self,
+        dataset: &DatasetId,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ApiError> {
+        let url = self.url(&["open_api", "knowledge", "document", "create"])?;
+        let subject = format!("dataset {dataset}");
+        let request = self.http.post(url).header("Agw-Js-Conv", "str").json(body);
+        self.limited(self.send_listing(request, Endpoint::CreateDocuments, &subject))
+            .await
+    }
+
     /// Runs one request under the shared concurrency and rate limits, and pauses every
     /// request when the answer says `Retry-After`.
     async fn limited<T>(

@@ -27,6 +27,7 @@ pub(super) fn effective(config: &WatchList, runtime: &[RuntimeEntry]) -> WatchLi
         let rule = WatchedDocument {
             labels: Arc::new(e.labels.clone()),
             notify: e.notify.clone().map(Arc::from),
+            batch: e.batch.as_deref().map(Arc::from),
         };
         match &e.document {
             Some(doc) => {
@@ -41,6 +42,7 @@ pub(super) fn effective(config: &WatchList, runtime: &[RuntimeEntry]) -> WatchLi
             }
         }
     }
+    w.index_batches();
     w
 }
 
@@ -281,6 +283,7 @@ mod tests {
                     WatchedDocument {
                         labels: Arc::default(),
                         notify: None,
+                        batch: None,
                     },
                 );
             }

@@ -305,7 +305,20 @@ impl Engine {
                 tracing::warn!(dataset_id = %ds, document_id = %step.state.document_id, status = n, "unknown document status; still watching");
             }
         }
-        let events = self.events_of(&report, now_wall);
+        let mut events = self.events_of(&report, now_wall);
+        let batches = match self.batch_events(&report, now_wall).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(dataset_id = %ds, error = %e, "cannot read a batch's documents; the poll will be redone");
+                self.store_failed(&ds, now);
+                return;
+            }
+        };
+        for _ in &batches.events {
+            self.metrics.event(EventType::BatchCompleted.as_str());
+        }
+        events.extend(batches.events);
+        let meta = batches.meta;
         let next = self.reschedule(&ds, &report, now).await;
         let stored = StoredSchedule {
             next_poll_at: now_wall.plus(next.saturating_duration_since(now)),
@@ -322,7 +335,15 @@ impl Engine {
         let ds_for_store = ds.clone();
         let committed = self
             .store
-            .write(move |s| s.commit(&states, &events, Some((&ds_for_store, stored)), now_wall))
+            .write(move |s| {
+                s.commit_with_meta(
+                    &states,
+                    &events,
+                    Some((&ds_for_store, stored)),
+                    &meta,
+                    now_wall,
+                )
+            })
             .await;
         self.metrics
             .health
@@ -453,7 +474,7 @@ impl Engine {
         out
     }
 
-    fn subscribers(&self, ty: EventType, only: Option<&[String]>) -> Vec<String> {
+    pub(super) fn subscribers(&self, ty: EventType, only: Option<&[String]>) -> Vec<String> {
         let configured = self
             .config
             .notifiers

@@ -13,6 +13,7 @@
 //! store; `reload` SIGHUP.
 
 mod adopt;
+mod batches;
 mod discovery;
 mod engine;
 mod persist;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::coze::DocumentStatus;
 use crate::event::{EventId, EventType};
-use crate::tracker::{DocState, EventDraft};
+use crate::tracker::{DocState, EventDraft, Lifecycle};
 use crate::wall::UnixMs;
 
 /// A stored body that does not decode: its delivery is dead, whatever the notifier.
@@ -137,6 +137,137 @@ impl EventBody {
         // Serializing plain strings and numbers cannot fail; fall back to an empty object
         // rather than panic if it ever did.
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
+/// The body of `batch.completed` (SPEC section 13): one event for a batch whose documents
+/// are all terminal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchBody {
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub timestamp: String,
+    pub data: BatchData,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchData {
+    pub event_id: EventId,
+    pub batch: String,
+    pub batch_id: String,
+    pub counts: BatchCounts,
+    pub documents: Vec<BatchDocument>,
+    /// When coze-watch first saw the earliest of them.
+    pub first_watched: String,
+    /// When the last of them became terminal.
+    pub last_finished: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchCounts {
+    pub completed: usize,
+    pub failed: usize,
+    pub missing: usize,
+    pub timed_out: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchDocument {
+    pub dataset_id: String,
+    pub document_id: String,
+    pub document_name: Option<String>,
+    /// completed, failed, missing or timed_out.
+    pub state: String,
+    /// The API's failure reason, or why it is missing or timed out.
+    pub reason: Option<String>,
+}
+
+impl BatchBody {
+    /// Builds the body for the batch `name` whose documents (all terminal) are `docs`.
+    pub fn build(
+        event_id: EventId,
+        name: &str,
+        docs: &[DocState],
+        labels: &BTreeMap<String, String>,
+        now: UnixMs,
+    ) -> Self {
+        let mut counts = BatchCounts::default();
+        for d in docs {
+            match d.state {
+                Lifecycle::Completed => counts.completed += 1,
+                Lifecycle::Failed => counts.failed += 1,
+                Lifecycle::Missing => counts.missing += 1,
+                Lifecycle::TimedOut => counts.timed_out += 1,
+                Lifecycle::Watching => {}
+            }
+        }
+        let first = docs.iter().map(|d| d.watched_since).min().unwrap_or(now);
+        let last = docs
+            .iter()
+            .filter_map(|d| d.terminal_at)
+            .max()
+            .unwrap_or(now);
+        BatchBody {
+            event_type: EventType::BatchCompleted,
+            timestamp: now.rfc3339_millis(),
+            data: BatchData {
+                event_id,
+                batch: name.to_string(),
+                batch_id: crate::event::batch_id(name),
+                counts,
+                documents: docs
+                    .iter()
+                    .map(|d| BatchDocument {
+                        dataset_id: d.dataset_id.to_string(),
+                        document_id: d.document_id.to_string(),
+                        document_name: d.info.name.clone(),
+                        state: d.state.as_str().to_string(),
+                        reason: d.info.status_descript.clone().or_else(|| d.reason.clone()),
+                    })
+                    .collect(),
+                first_watched: first.rfc3339_seconds(),
+                last_finished: last.rfc3339_seconds(),
+                labels: labels.clone(),
+            },
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
+/// A stored body of either kind, decoded once by the dispatcher.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    Document(EventBody),
+    Batch(BatchBody),
+}
+
+impl Body {
+    /// Reads a stored body by its `type`. The error says what is wrong.
+    pub fn decode(stored: &str) -> Result<Self, UnreadableBody> {
+        #[derive(Deserialize)]
+        struct Kind {
+            #[serde(rename = "type")]
+            event_type: EventType,
+        }
+        let kind: Kind = serde_json::from_str(stored).map_err(UnreadableBody)?;
+        match kind.event_type {
+            EventType::BatchCompleted => serde_json::from_str(stored)
+                .map(Body::Batch)
+                .map_err(UnreadableBody),
+            _ => EventBody::decode(stored).map(Body::Document),
+        }
+    }
+
+    /// The document event, if this is one.
+    pub fn document(&self) -> Option<&EventBody> {
+        match self {
+            Body::Document(b) => Some(b),
+            Body::Batch(_) => None,
+        }
     }
 }
 

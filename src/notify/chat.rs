@@ -11,9 +11,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-use super::EventBody;
 use super::Outcome;
 use super::signature::hmac_sha256;
+use super::{BatchBody, Body, EventBody};
 use crate::config::{Language, WebhookFormat};
 use crate::event::EventType;
 
@@ -73,7 +73,74 @@ fn outcome_word(t: EventType, lang: Language) -> &'static str {
         (EventType::Missing, Language::En) => "❓ Document missing",
         (EventType::TimedOut, Language::En) => "⏱️ Document processing timed out",
         (EventType::Progress, Language::En) => "⏳ Document processing",
+        (EventType::BatchCompleted, Language::Zh) => "📦 批次处理结束",
+        (EventType::BatchCompleted, Language::En) => "📦 Batch done",
     }
+}
+
+/// The text of any event: a document's (see [`event_text`]) or a batch's summary.
+pub fn body_text(body: &Body, lang: Language) -> String {
+    match body {
+        Body::Document(b) => event_text(b, lang),
+        Body::Batch(b) => batch_text(b, lang),
+    }
+}
+
+/// The most documents a batch message names one by one (the others are counted).
+const BATCH_NAMES: usize = 10;
+
+/// One message for a finished batch: counts by outcome, then the documents that did not
+/// complete with their reasons (the first [`BATCH_NAMES`]). Never a `url`.
+pub fn batch_text(body: &BatchBody, lang: Language) -> String {
+    let d = &body.data;
+    let c = &d.counts;
+    let bad: Vec<String> = d
+        .documents
+        .iter()
+        .filter(|x| x.state != "completed")
+        .take(BATCH_NAMES)
+        .map(|x| {
+            let name = x.document_name.as_deref().unwrap_or(&x.document_id);
+            match &x.reason {
+                Some(r) => format!("{name} ({}): {}", x.state, truncate_utf8(r, 200)),
+                None => format!("{name} ({})", x.state),
+            }
+        })
+        .collect();
+    let not_done = c.failed + c.missing + c.timed_out;
+    let more = not_done.saturating_sub(bad.len());
+    let mut lines = match lang {
+        Language::Zh => vec![
+            format!("{}：{}", outcome_word(body.event_type, lang), d.batch),
+            format!(
+                "完成 {}，失败 {}，不存在 {}，超时 {}（共 {} 个文档）",
+                c.completed,
+                c.failed,
+                c.missing,
+                c.timed_out,
+                d.documents.len()
+            ),
+        ],
+        Language::En => vec![
+            format!("{}: {}", outcome_word(body.event_type, lang), d.batch),
+            format!(
+                "{} completed, {} failed, {} missing, {} timed out ({} documents)",
+                c.completed,
+                c.failed,
+                c.missing,
+                c.timed_out,
+                d.documents.len()
+            ),
+        ],
+    };
+    lines.extend(bad);
+    if more > 0 {
+        lines.push(match lang {
+            Language::Zh => format!("另有 {more} 个未完成"),
+            Language::En => format!("and {more} more not completed"),
+        });
+    }
+    lines.join("\n")
 }
 
 /// The text of one event: outcome, name, dataset, elapsed time, and the reason where there is
@@ -126,19 +193,25 @@ pub fn event_text(body: &EventBody, lang: Language) -> String {
 }
 
 /// One message for many events: counts by outcome and the first names.
-pub fn digest_text(bodies: &[EventBody], lang: Language) -> String {
+pub fn digest_text(bodies: &[Body], lang: Language) -> String {
     let mut counts: BTreeMap<EventType, usize> = BTreeMap::new();
     for b in bodies {
-        *counts.entry(b.event_type).or_default() += 1;
+        let t = match b {
+            Body::Document(d) => d.event_type,
+            Body::Batch(x) => x.event_type,
+        };
+        *counts.entry(t).or_default() += 1;
     }
     let names: Vec<&str> = bodies
         .iter()
         .take(DIGEST_NAMES)
-        .map(|b| {
-            b.data
+        .map(|b| match b {
+            Body::Document(b) => b
+                .data
                 .document_name
                 .as_deref()
-                .unwrap_or(&b.data.document_id)
+                .unwrap_or(&b.data.document_id),
+            Body::Batch(x) => &x.data.batch,
         })
         .collect();
     let more = bodies.len().saturating_sub(names.len());
@@ -391,11 +464,76 @@ mod tests {
     }
 
     #[test]
-    fn digest_counts_outcomes_and_lists_the_first_names() {
-        let mut bodies: Vec<EventBody> = (0..30)
-            .map(|i| body(EventType::Completed, &format!("d{i}.pdf")))
+    fn a_batch_is_one_summary_within_every_services_limit() {
+        use crate::ids::{DatasetId, DocumentId};
+        use crate::tracker::{DocState, Lifecycle};
+        use crate::wall::UnixMs;
+        let docs: Vec<DocState> = (0..1000)
+            .map(|i| {
+                let mut d = DocState::new(
+                    DatasetId::new("7"),
+                    DocumentId::new(format!("{i}")),
+                    UnixMs(1_796_064_000_000),
+                );
+                d.info.name = Some(format!("{}-{i}.pdf", "long name ".repeat(20)));
+                if i % 2 == 0 {
+                    d.state = Lifecycle::Completed;
+                } else {
+                    d.state = Lifecycle::Failed;
+                    d.info.status_descript = Some("reason ".repeat(100));
+                }
+                d.terminal_at = Some(UnixMs(1_796_064_100_000));
+                d
+            })
             .collect();
-        bodies.push(body(EventType::Failed, "bad.pdf"));
+        let body = BatchBody::build(
+            crate::event::EventId::for_batch("bat_x", 1),
+            "nightly",
+            &docs,
+            &Default::default(),
+            UnixMs(1_796_064_100_000),
+        );
+        assert_eq!(body.data.counts.completed, 500);
+        assert_eq!(body.data.counts.failed, 500);
+        let text = batch_text(&body, Language::En);
+        assert!(text.starts_with("📦 Batch done: nightly\n500 completed, 500 failed, 0 missing, 0 timed out (1000 documents)"), "{text}");
+        assert!(text.ends_with("and 490 more not completed"), "{text}");
+        let url = url::Url::parse("https://chat.example/hook").unwrap();
+        for format in [
+            WebhookFormat::Feishu,
+            WebhookFormat::Dingtalk,
+            WebhookFormat::Wecom,
+            WebhookFormat::Slack,
+        ] {
+            let (_, req) = request(format, &url, &text, None, 0);
+            let sent = req.to_string();
+            let shown = ["content", "text"]
+                .iter()
+                .find_map(|k| {
+                    req[k]["text"]
+                        .as_str()
+                        .or(req[k]["content"].as_str())
+                        .or(req[k].as_str())
+                })
+                .unwrap_or_default();
+            assert!(
+                shown.len() <= max_bytes(format),
+                "{format:?}: {} bytes",
+                shown.len()
+            );
+            assert!(
+                sent.contains("500 completed, 500 failed"),
+                "{format:?}: {sent}"
+            );
+        }
+    }
+
+    #[test]
+    fn digest_counts_outcomes_and_lists_the_first_names() {
+        let mut bodies: Vec<Body> = (0..30)
+            .map(|i| Body::Document(body(EventType::Completed, &format!("d{i}.pdf"))))
+            .collect();
+        bodies.push(Body::Document(body(EventType::Failed, "bad.pdf")));
         let en = digest_text(&bodies, Language::En);
         assert!(en.contains("31 document events"), "{en}");
         assert!(

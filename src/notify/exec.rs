@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use tokio::process::Command;
 
-use super::{BoxFuture, Job, Notifier, Outcome};
+use super::{Body, BoxFuture, Job, Notifier, Outcome};
 use crate::config::{ExecConfig, RetryPolicy};
 
 /// Output bytes kept for the log.
@@ -152,25 +152,46 @@ impl Notifier for ExecNotifier {
 /// The `COZE_*` variables of an event. Values are data: no shell ever sees them. NUL bytes,
 /// which an environment cannot hold, are dropped.
 pub fn event_env(job: &Job) -> Vec<(&'static str, String)> {
-    let d = &job.event.data;
     let text = |v: &str| v.replace('\0', "");
     let num = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
-    vec![
+    let mut env = vec![
         ("COZE_WATCH_EVENT", job.event_type.as_str().to_string()),
         ("COZE_WATCH_EVENT_ID", job.event_id.to_string()),
-        ("COZE_DATASET_ID", text(&d.dataset_id)),
-        ("COZE_DOCUMENT_ID", text(&d.document_id)),
-        (
-            "COZE_DOCUMENT_NAME",
-            text(d.document_name.as_deref().unwrap_or_default()),
-        ),
-        ("COZE_DOCUMENT_STATUS", num(d.status)),
-        ("COZE_DOCUMENT_PROGRESS", num(d.progress)),
-        (
-            "COZE_STATUS_DESCRIPT",
-            text(d.status_descript.as_deref().unwrap_or_default()),
-        ),
-    ]
+    ];
+    match &job.event {
+        Body::Document(b) => {
+            let d = &b.data;
+            env.extend([
+                ("COZE_DATASET_ID", text(&d.dataset_id)),
+                ("COZE_DOCUMENT_ID", text(&d.document_id)),
+                (
+                    "COZE_DOCUMENT_NAME",
+                    text(d.document_name.as_deref().unwrap_or_default()),
+                ),
+                ("COZE_DOCUMENT_STATUS", num(d.status)),
+                ("COZE_DOCUMENT_PROGRESS", num(d.progress)),
+                (
+                    "COZE_STATUS_DESCRIPT",
+                    text(d.status_descript.as_deref().unwrap_or_default()),
+                ),
+            ]);
+        }
+        Body::Batch(b) => {
+            let d = &b.data;
+            let c = &d.counts;
+            env.extend([
+                ("COZE_BATCH", text(&d.batch)),
+                ("COZE_BATCH_ID", d.batch_id.clone()),
+                ("COZE_BATCH_DOCUMENTS", d.documents.len().to_string()),
+                ("COZE_BATCH_COMPLETED", c.completed.to_string()),
+                (
+                    "COZE_BATCH_NOT_COMPLETED",
+                    (c.failed + c.missing + c.timed_out).to_string(),
+                ),
+            ]);
+        }
+    }
+    env
 }
 
 /// SIGTERM to the child's group, SIGKILL 5 s later if it is still there.

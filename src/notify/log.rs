@@ -6,7 +6,7 @@
 //! recorded as JSON text, which JSON lines write as an object. The document `url` (a signed
 //! download link) is never logged.
 
-use super::EventBody;
+use super::{BatchBody, Body, EventBody};
 use crate::event::EventType;
 
 use super::{BoxFuture, Job, Notifier, Outcome};
@@ -28,7 +28,10 @@ impl Notifier for LogNotifier {
 
     fn deliver<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            emit(&self.name, &job.event);
+            match &job.event {
+                Body::Document(b) => emit(&self.name, b),
+                Body::Batch(b) => emit_batch(&self.name, b),
+            }
             Outcome::Delivered
         })
     }
@@ -73,6 +76,38 @@ fn emit(notifier: &str, body: &EventBody) {
     }
 }
 
+/// One line for a finished batch: info when every document completed, warn otherwise.
+fn emit_batch(notifier: &str, body: &BatchBody) {
+    let d = &body.data;
+    let c = &d.counts;
+    let labels = serde_json::to_string(&d.labels).unwrap_or_default();
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "coze_watch::event",
+                notifier,
+                event = "batch.completed",
+                event_id = %d.event_id,
+                batch = d.batch.as_str(),
+                batch_id = d.batch_id.as_str(),
+                documents = d.documents.len(),
+                completed = c.completed,
+                failed = c.failed,
+                missing = c.missing,
+                timed_out = c.timed_out,
+                labels = labels.as_str(),
+                "batch.completed {:?}: {} completed, {} failed, {} missing, {} timed out",
+                d.batch, c.completed, c.failed, c.missing, c.timed_out,
+            )
+        };
+    }
+    if c.completed == d.documents.len() {
+        line!(info)
+    } else {
+        line!(warn)
+    }
+}
+
 /// A short human tail for the message: the reason a reader wants first.
 fn detail(body: &EventBody) -> String {
     let d = &body.data;
@@ -85,5 +120,6 @@ fn detail(body: &EventBody) -> String {
             format!(" at {}%", d.progress.unwrap_or(0))
         }
         EventType::Completed => format!(" after {:.1}s", d.elapsed_seconds),
+        EventType::BatchCompleted => String::new(),
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::config::RetryPolicy;
 use crate::event::{EventId, EventType};
 
-pub use body::{EventBody, new_event_id};
+pub use body::{BatchBody, Body, EventBody, new_event_id};
 
 pub use dispatcher::{Dispatcher, DispatcherHandle};
 
@@ -47,7 +47,7 @@ pub struct Job {
     /// The event body as stored (JSON): the exact bytes a webhook sends.
     pub body: String,
     /// The same body, decoded once by the dispatcher.
-    pub event: EventBody,
+    pub event: Body,
     /// 1 for the first attempt.
     pub attempt: u32,
 }
@@ -61,7 +61,7 @@ impl Job {
         body: String,
         attempt: u32,
     ) -> Result<Job, body::UnreadableBody> {
-        let event = EventBody::decode(&body)?;
+        let event = Body::decode(&body)?;
         Ok(Job {
             event_id,
             event_type,

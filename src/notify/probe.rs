@@ -48,7 +48,7 @@ pub async fn send_test(config: &Config, name: &str) -> Result<(EventId, Outcome)
         event_id: body.data.event_id.clone(),
         event_type: body.event_type,
         body: body.to_json(),
-        event: body,
+        event: super::Body::Document(body),
         attempt: 1,
     };
     let outcome = notifier.deliver(&job).await;

@@ -13,7 +13,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 
 use std::sync::Mutex;
 
-use super::EventBody;
+use super::Body;
 use super::signature::SigningKey;
 use super::{BoxFuture, Job, Notifier, Outcome, chat};
 use crate::config::{RetryPolicy, WebhookConfig};
@@ -101,12 +101,12 @@ impl WebhookNotifier {
         if !self.config.format.is_chat() {
             return self.send(job).await;
         }
-        self.send_chat(&chat::event_text(&job.event, self.config.language))
+        self.send_chat(&chat::body_text(&job.event, self.config.language))
             .await
     }
 
     async fn deliver_many(&self, jobs: &[Job]) -> Outcome {
-        let bodies: Vec<EventBody> = jobs.iter().map(|j| j.event.clone()).collect();
+        let bodies: Vec<Body> = jobs.iter().map(|j| j.event.clone()).collect();
         self.send_chat(&chat::digest_text(&bodies, self.config.language))
             .await
     }

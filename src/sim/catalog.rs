@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::scenario::{Outcome, SimDataset, SimDocument};
+use super::scenario::{Injection, Outcome, SimDataset, SimDocument};
 use super::server::{Gate, SimState, envelope_error, lock};
 
 /// Every knowledge base, by id.
@@ -232,6 +232,12 @@ pub(crate) async fn create_documents(
     if let Some(r) = s.gate(&headers, &logid, Gate::Create) {
         return r;
     }
+    let scripted = lock(&s.create_script).pop_front();
+    match scripted {
+        None | Some(Injection::Pass) => {}
+        Some(Injection::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        Some(inj) => return super::server::fault_response(inj, &logid),
+    }
     let req: CreateBody = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -267,6 +273,8 @@ pub(crate) async fn create_documents(
             .file_base64
             .as_ref()
             .map_or(0, |b| b.len() as i64 * 3 / 4);
+        // A file named fail-* fails to process, so upload-and-wait can be tried both ways.
+        let fails = base.name.starts_with("fail");
         let doc = SimDocument {
             id: next.to_string(),
             name: Some(base.name),
@@ -274,8 +282,12 @@ pub(crate) async fn create_documents(
             size,
             start_after: elapsed,
             duration: s.scenario.create_duration,
-            outcome: Outcome::Completed,
-            reason: None,
+            outcome: if fails {
+                Outcome::Failed
+            } else {
+                Outcome::Completed
+            },
+            reason: fails.then(|| "parse error: the file cannot be read".to_string()),
             stall_at: 50,
         };
         created.push(document_info(&s, &doc, 0));

@@ -83,6 +83,14 @@ impl SimHandle {
         self.state.inject(injections);
     }
 
+    /// Scripts the next answers of the create endpoint, one per request (`Pass` for a normal
+    /// one; `Status` and `Delay` apply).
+    pub fn inject_create(&self, injections: Vec<Injection>) {
+        if let Ok(mut q) = self.state.create_script.lock() {
+            q.extend(injections);
+        }
+    }
+
     /// The scenario with each document's true terminal time, as `GET /__sim/scenario` serves it.
     pub fn truth(&self) -> Value {
         truth(&self.state)

@@ -172,6 +172,8 @@ pub struct Faults {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Injection {
+    /// The normal answer (places a fault at the k-th request of a script).
+    Pass,
     /// Answer with this HTTP status and (if given) this body code.
     Status {
         http: u16,

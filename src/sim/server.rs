@@ -75,6 +75,8 @@ pub(crate) struct SimState {
     pub(crate) started_wall: SystemTime,
     pub(crate) faults: Mutex<Faults>,
     script: Mutex<VecDeque<Injection>>,
+    /// Scripted answers of the create endpoint, one per request (status faults and delays).
+    pub(crate) create_script: Mutex<VecDeque<Injection>>,
     pub(crate) stats: Mutex<Stats>,
     rng: Mutex<StdRng>,
     quota: Mutex<Option<RateLimiter>>,
@@ -110,6 +112,7 @@ impl SimState {
                 ..faults
             }),
             script: Mutex::new(script),
+            create_script: Mutex::new(VecDeque::new()),
             stats: Mutex::new(Stats::default()),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             logids: AtomicU64::new(1),
@@ -312,7 +315,7 @@ async fn answer(
     }
     let mut modifier = None;
     match plan {
-        Plan::Normal => {}
+        Plan::Normal | Plan::Fault(Injection::Pass) => {}
         Plan::Fault(Injection::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
         Plan::Fault(
             inj @ (Injection::ExtraFields
@@ -446,7 +449,7 @@ fn modify(value: &mut Value, injection: &Injection) {
     }
 }
 
-fn fault_response(inj: Injection, logid: &str) -> Response {
+pub(crate) fn fault_response(inj: Injection, logid: &str) -> Response {
     match inj {
         Injection::Status {
             http,
@@ -502,7 +505,8 @@ fn fault_response(inj: Injection, logid: &str) -> Response {
             (StatusCode::OK, body).into_response()
         }
         // These change a normal answer instead of replacing it; `answer` handles them.
-        Injection::Delay { .. }
+        Injection::Pass
+        | Injection::Delay { .. }
         | Injection::ExtraFields
         | Injection::UnknownStatus { .. }
         | Injection::ProgressBack

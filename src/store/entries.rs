@@ -21,6 +21,8 @@ pub struct RuntimeEntry {
     pub labels: BTreeMap<String, String>,
     /// Notifier names; `None`: every notifier.
     pub notify: Option<Vec<String>>,
+    /// The batch its document belongs to (`batch.completed`); only on document entries.
+    pub batch: Option<String>,
     pub created_at: UnixMs,
 }
 
@@ -33,6 +35,9 @@ struct EntryRow {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     notify: Option<Vec<String>>,
+    /// Absent in entries written before batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch: Option<String>,
 }
 
 fn one() -> u32 {
@@ -60,6 +65,7 @@ impl Store {
                     v: 1,
                     labels: e.labels.clone(),
                     notify: e.notify.clone(),
+                    batch: e.batch.clone(),
                 })
                 .unwrap_or_else(|_| "{}".into());
                 let doc = e.document.as_ref().map_or(ALL, DocumentId::as_str);
@@ -136,6 +142,7 @@ impl Store {
                 document: (doc != ALL).then(|| DocumentId::new(doc)),
                 labels: settings.labels,
                 notify: settings.notify,
+                batch: settings.batch,
                 created_at: UnixMs(created),
             });
         }

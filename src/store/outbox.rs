@@ -120,6 +120,20 @@ impl Store {
         schedule: Option<(&DatasetId, StoredSchedule)>,
         now: UnixMs,
     ) -> Result<(), StoreError> {
+        self.commit_with_meta(documents, events, schedule, &[], now)
+    }
+
+    /// [`Store::commit`], also setting `meta` facts (a batch's fired mark) in the same
+    /// transaction. An event whose id is already stored is skipped with its deliveries: an
+    /// event is never stored twice.
+    pub fn commit_with_meta(
+        &mut self,
+        documents: &[DocState],
+        events: &[NewEvent],
+        schedule: Option<(&DatasetId, StoredSchedule)>,
+        meta: &[(String, String)],
+        now: UnixMs,
+    ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let e = |err| classify(&path, err);
         self.write(|tx| {
@@ -129,7 +143,7 @@ impl Store {
             let mut put_event = tx
                 .prepare_cached(
                     "INSERT INTO events (event_id, type, dataset_id, document_id, created_at, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (event_id) DO NOTHING",
                 )
                 .map_err(e)?;
             let mut put_delivery = tx
@@ -139,7 +153,7 @@ impl Store {
                 )
                 .map_err(e)?;
             for ev in events {
-                put_event
+                let inserted = put_event
                     .execute(params![
                         ev.event_id.as_str(),
                         ev.event_type.as_str(),
@@ -149,12 +163,23 @@ impl Store {
                         ev.body
                     ])
                     .map_err(e)?;
+                if inserted == 0 {
+                    continue;
+                }
                 let seq = tx.last_insert_rowid();
                 for n in &ev.notifiers {
                     put_delivery
                         .execute(params![seq, n, ev.created_at.0])
                         .map_err(e)?;
                 }
+            }
+            for (key, value) in meta {
+                tx.prepare_cached(
+                    "INSERT INTO meta (key, value, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                )
+                .and_then(|mut stmt| stmt.execute(params![key, value, now.0]))
+                .map_err(e)?;
             }
             if let Some((ds, s)) = schedule {
                 tx.prepare_cached(

@@ -49,7 +49,7 @@ impl WatchBuilder {
     }
 
     fn finish(self) -> WatchList {
-        WatchList {
+        let mut list = WatchList {
             datasets: self
                 .datasets
                 .into_iter()
@@ -59,7 +59,10 @@ impl WatchBuilder {
                 .collect(),
             all_of: self.all_of,
             spaces: self.spaces,
-        }
+            batches: BTreeMap::new(),
+        };
+        list.index_batches();
+        list
     }
 }
 
@@ -193,9 +196,20 @@ fn resolve_rule(
         }
         std::sync::Arc::<[String]>::from(names.clone())
     });
+    let batch = entry.batch.as_ref().and_then(|b| {
+        let b = ctx.string(src, &path.key("batch"), b)?;
+        match crate::config::validate::batch_name(&b) {
+            Ok(()) => Some(std::sync::Arc::<str>::from(b)),
+            Err(m) => {
+                ctx.error(src, &path.key("batch"), m);
+                None
+            }
+        }
+    });
     WatchedDocument {
         labels: std::sync::Arc::new(labels),
         notify,
+        batch,
     }
 }
 
@@ -213,6 +227,13 @@ fn add_space(
             src,
             &path.key("documents"),
             "a `space` entry watches every document of its knowledge bases; use `datasets` or `exclude` to choose knowledge bases",
+        );
+    }
+    if entry.batch.is_some() {
+        ctx.error(
+            src,
+            &path.key("batch"),
+            "a batch needs its documents named: a `space` entry never completes",
         );
     }
     let space = ctx
@@ -279,6 +300,14 @@ fn add_dataset(
         .and_then(|d| check_id(ctx, src, &|| path.key("dataset"), d))
         .map(DatasetId::new);
     let documents = match entry.documents {
+        Some(RawDocuments::All) if entry.batch.is_some() => {
+            ctx.error(
+                src,
+                &path.key("batch"),
+                "a batch needs its documents named: `documents: all` never completes",
+            );
+            return;
+        }
         Some(RawDocuments::All) => {
             if let Some(ds) = dataset
                 && list.all_of.insert(ds.clone(), rule).is_some()

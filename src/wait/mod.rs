@@ -6,11 +6,9 @@
 //! the verdict; it never touches a store.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::RngExt;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -23,8 +21,11 @@ use crate::ids::{DatasetId, DocumentId};
 use crate::poller::{PollReport, poll_dataset};
 use crate::schedule::{DatasetSchedule, SchedulePolicy};
 use crate::secret::Secret;
-use crate::tracker::{DocState, Lifecycle, Step, TrackerPolicy};
+use crate::tracker::{DocState, Lifecycle, TrackerPolicy};
 use crate::wall::UnixMs;
+
+mod view;
+use view::{View, line, secs};
 
 /// How long `wait` keeps retrying an answer that says the API is unusable before exit 4.
 const UNUSABLE_RETRIES: usize = 2;
@@ -87,8 +88,12 @@ pub struct WaitArgs {
     /// The dataset (knowledge base) id.
     pub dataset_id: String,
     /// The document ids to wait for.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "all")]
     pub document_ids: Vec<String>,
+    /// Wait for every document of the knowledge base that is processing now (from its
+    /// document list: the token needs listDocument).
+    #[arg(long, conflicts_with = "document_ids")]
+    pub all: bool,
     /// Give up after this long (exit 3), e.g. 30m.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
@@ -138,6 +143,36 @@ pub async fn command(args: WaitArgs) -> Result<u8, crate::http::BuildError> {
             return Ok(crate::exit::FAILURE);
         }
     };
+    let mut opts = opts;
+    if args.all {
+        match processing_now(&opts).await? {
+            Ok(docs) if docs.is_empty() => {
+                if !args.quiet {
+                    eprintln!(
+                        "no document of knowledge base {} is processing",
+                        opts.dataset
+                    );
+                }
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"dataset_id": opts.dataset.as_str(), "outcome": "completed", "exit_code": 0, "error": null, "documents": []})
+                    );
+                }
+                return Ok(exit::COMPLETED);
+            }
+            Ok(docs) => {
+                if !args.quiet {
+                    eprintln!("waiting for {} processing document(s)", docs.len());
+                }
+                opts.documents = docs;
+            }
+            Err(e) => {
+                eprintln!("error: the Coze API is unusable: {e}");
+                return Ok(exit::API_UNUSABLE);
+            }
+        }
+    }
     let report = run(opts, interrupt).await?;
     if args.json {
         // Plain strings and numbers: serializing cannot fail; an empty object if it ever did.
@@ -245,6 +280,42 @@ fn unusable_error(r: &PollReport) -> Option<&ApiError> {
         .as_ref()
         .filter(|e| unusable(e))
         .or(r.dataset_not_found.as_ref())
+}
+
+/// `--all`: the documents of the knowledge base that its document list says are processing.
+/// A listing that fails is an unusable API (a token without listDocument names it).
+async fn processing_now(
+    opts: &WaitOptions,
+) -> Result<Result<Vec<DocumentId>, ApiError>, crate::http::BuildError> {
+    let client = CozeClient::new(ClientSettings {
+        base_url: opts.base_url.clone(),
+        token: opts.token.clone(),
+        limits: ApiLimits::default(),
+        token_file: None,
+    })?;
+    let list = || {
+        crate::discover::page_all(
+            crate::config::Flavor::Cloud.first_document_page(),
+            crate::coze::listing::DOCUMENTS_PER_PAGE as usize,
+            |page| client.list_documents(&opts.dataset, page),
+        )
+    };
+    // A passing failure is asked again; a refusal of the token or the dataset is final.
+    let listed = list
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_secs(1))
+                .with_max_times(3),
+        )
+        .sleep(tokio::time::sleep)
+        .when(|e| matches!(e, ApiError::Transient { .. } | ApiError::RateLimited { .. }))
+        .await;
+    Ok(listed.map(|docs| {
+        docs.into_iter()
+            .filter(|d| d.status == Some(crate::coze::DocumentStatus::Processing))
+            .map(|d| d.document_id)
+            .collect()
+    }))
 }
 
 /// Waits as the options say until every document is terminal, the timeout passes, the API
@@ -462,147 +533,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// The progress display: bars on a terminal, lines elsewhere, or nothing.
-struct View {
-    display: Display,
-    multi: Option<MultiProgress>,
-    bars: BTreeMap<DocumentId, ProgressBar>,
-}
-
-impl View {
-    fn new(display: Display, docs: &BTreeMap<DocumentId, DocState>) -> Self {
-        let mut view = View {
-            display,
-            multi: None,
-            bars: BTreeMap::new(),
-        };
-        if display == Display::Bars {
-            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template("{prefix:30!} [{bar:30}] {pos:>3}% {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ");
-            for id in docs.keys() {
-                let bar = multi.add(ProgressBar::new(100));
-                bar.set_style(style.clone());
-                bar.set_prefix(id.to_string());
-                bar.set_message("waiting for the first answer");
-                view.bars.insert(id.clone(), bar);
-            }
-            view.multi = Some(multi);
-        }
-        view
-    }
-
-    fn update(&mut self, step: &Step) {
-        let d = &step.state;
-        match self.display {
-            Display::Quiet => {}
-            Display::Lines => {
-                if step.changed || !step.events.is_empty() {
-                    eprintln!("{}", line(d));
-                }
-            }
-            Display::Bars => {
-                let Some(bar) = self.bars.get(&d.document_id) else {
-                    return;
-                };
-                if let Some(name) = &d.info.name {
-                    bar.set_prefix(name.escape_debug().to_string());
-                }
-                bar.set_position(d.progress.unwrap_or(0).clamp(0, 100) as u64);
-                match d.state {
-                    Lifecycle::Watching => bar.set_message(eta(d)),
-                    Lifecycle::Completed => bar.finish_with_message(format!(
-                        "done in {}",
-                        secs(
-                            d.terminal_at
-                                .unwrap_or(d.watched_since)
-                                .since(d.watched_since)
-                        )
-                    )),
-                    _ => bar.abandon_with_message(outcome(d)),
-                }
-            }
-        }
-    }
-
-    fn note(&self, text: &str) {
-        match (&self.display, &self.multi) {
-            (Display::Quiet, _) => {}
-            (Display::Bars, Some(m)) => {
-                let _ = m.println(text);
-            }
-            _ => eprintln!("{text}"),
-        }
-    }
-
-    fn finish(&mut self) {
-        for bar in self.bars.values() {
-            if !bar.is_finished() {
-                bar.abandon();
-            }
-        }
-        let _ = std::io::stderr().flush();
-    }
-}
-
-fn secs(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs().max(if d.is_zero() {
-        0
-    } else {
-        1
-    })))
-    .to_string()
-}
-
-fn eta(d: &DocState) -> String {
-    match d.remaining_time {
-        Some(r) if r > 0 => format!("ETA {}", secs(Duration::from_secs(r.unsigned_abs()))),
-        _ if d.stalled => "stalled".to_string(),
-        _ => "processing".to_string(),
-    }
-}
-
-fn outcome(d: &DocState) -> String {
-    match d.state {
-        Lifecycle::Failed => format!(
-            "failed: {}",
-            d.info
-                .status_descript
-                .as_deref()
-                .unwrap_or("no reason given")
-                .escape_debug()
-        ),
-        Lifecycle::Missing => format!("missing ({})", d.reason.as_deref().unwrap_or("absent")),
-        Lifecycle::TimedOut => format!("timed out ({})", d.reason.as_deref().unwrap_or("")),
-        Lifecycle::Completed => "completed".to_string(),
-        Lifecycle::Watching => eta(d),
-    }
-}
-
-/// One plain line about a document, for logs and pipes.
-fn line(d: &DocState) -> String {
-    let name = d
-        .info
-        .name
-        .as_deref()
-        .map(|n| format!(" {:?}", n))
-        .unwrap_or_default();
-    let what = match d.state {
-        Lifecycle::Watching => format!("processing {}% ({})", d.progress.unwrap_or(0), eta(d)),
-        Lifecycle::Completed => format!(
-            "completed in {}",
-            secs(
-                d.terminal_at
-                    .unwrap_or(d.watched_since)
-                    .since(d.watched_since)
-            )
-        ),
-        _ => outcome(d),
-    };
-    format!("{}{name}: {what}", d.document_id)
 }
 
 #[cfg(test)]
