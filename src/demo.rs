@@ -367,7 +367,7 @@ pub async fn run(log: Option<&std::path::Path>) -> Result<(), DemoError> {
         "  export COZE_API_TOKEN=pat_...   # readDocumentProgress, listKnowledge, listDocument"
     );
     println!(
-        "  coze-watch watch add <DATASET_ID> --all   # or `documents: all` / `space:` in the config; see README"
+        "  coze-watch upload <DATASET_ID> report.pdf --wait   # or watch it all: coze-watch watch add <DATASET_ID> --all"
     );
     Ok(())
 }

@@ -93,6 +93,31 @@ struct HintState {
     failed: bool,
     /// The first (time, progress) of its current run, for the progress rate.
     sample: Option<(Instant, i64)>,
+    /// The first (time, remaining_time) of its current hint run, for the hint's own pace.
+    first_hint: Option<(Instant, i64)>,
+}
+
+/// The completion a hint's own pace projects. An honest `remaining_time` falls one second a
+/// second; one that falls faster overstates what is left by that factor (a hint twice the
+/// truth falls two seconds a second), so the rest is `remaining / pace`. One second of
+/// rounding is allowed for, so an honest hint never makes an estimate. A hint that rises
+/// starts a new run.
+fn hint_pace(hint: &mut HintState, remaining: Option<i64>, now: Instant) -> Option<Duration> {
+    let h = remaining.filter(|r| *r > 0)?;
+    let Some((t0, h0)) = hint.first_hint else {
+        hint.first_hint = Some((now, h));
+        return None;
+    };
+    if h > h0 {
+        hint.first_hint = Some((now, h));
+        return None;
+    }
+    let secs = now.saturating_duration_since(t0).as_secs_f64();
+    if secs <= 0.0 {
+        return None;
+    }
+    let pace = ((h0 - h - 1) as f64 / secs).max(0.0);
+    (pace > 1.25).then(|| Duration::from_secs_f64(h as f64 / pace))
 }
 
 /// The completion the progress rate projects: `(100 - p) / rate`, the rate averaged since the
@@ -163,12 +188,20 @@ impl DatasetSchedule {
                 hint.failed = true;
             }
             let rate = projected(&mut hint, doc.progress, now);
+            let first_sight = hint.first_hint.is_none();
+            let pace = hint_pace(&mut hint, doc.remaining_time, now);
             let wanted = match doc.remaining_time.filter(|r| *r > 0) {
                 Some(secs) if !hint.failed => {
                     let secs = Duration::from_secs(secs.unsigned_abs());
                     hint.deadline = Some(now + secs);
-                    // A pessimistic hint: the progress rate says it ends earlier.
-                    clamp(rate.map_or(secs, |r| r.min(secs)), policy)
+                    // A pessimistic hint: the progress rate or the hint's own pace says it
+                    // ends earlier.
+                    let mut aim = [rate, pace].into_iter().flatten().fold(secs, Duration::min);
+                    if first_sight {
+                        // The second look comes early: it tells whether the hint lies.
+                        aim = aim.min(secs / 2);
+                    }
+                    clamp(aim, policy)
                 }
                 _ => {
                     hint.deadline = None;
@@ -369,13 +402,42 @@ mod tests {
     fn a_steady_progress_rate_corrects_a_pessimistic_hint() {
         // 1 % a second, 100 s in all, but the hint says twice the rest.
         let got = delays(&[(0, 200, 0), (10, 180, 10), (20, 160, 20)]);
-        assert_eq!(
-            got[0],
-            S(120),
-            "no rate yet: the hint, clamped to max_interval"
-        );
+        assert_eq!(got[0], S(100), "no rate yet: half the hint");
         assert_eq!(got[1], S(90), "90 % left at 1 %/s");
         assert_eq!(got[2], S(80));
+    }
+
+    #[test]
+    fn a_hint_that_falls_too_fast_is_read_at_its_pace() {
+        // No progress reported; the hint falls 2 s a second: twice the truth.
+        let t0 = Instant::now();
+        let p = SchedulePolicy {
+            jitter: 0.0,
+            ..policy()
+        };
+        let mut s = DatasetSchedule::new(t0, 0);
+        let mut next = |secs: u64, remaining: i64| {
+            let now = t0 + S(secs);
+            s.on_success(now, &[proc("a", Some(remaining))], true, &p, 0.0) - now
+        };
+        assert_eq!(
+            next(0, 400),
+            S(120),
+            "first sight: half the hint, at most max_interval"
+        );
+        let d = next(100, 200);
+        // (400 - 200 - 1) / 100 = 1.99 s a second: 200 / 1.99 = 100.5 s, the truth is 100 s.
+        assert!(d >= S(100) && d <= S(101), "{d:?}");
+    }
+
+    #[test]
+    fn an_honest_hint_is_followed_whatever_its_rounding() {
+        // remaining_time is whole seconds: an honest one may fall 3 in 2 s.
+        let got = delays(&[(0, 100, 0), (2, 97, 0), (4, 96, 0), (30, 70, 0)]);
+        assert_eq!(got[0], S(50), "first sight: half the hint");
+        assert_eq!(got[1], S(97), "(100 - 97 - 1) / 2 = 1 s a second: honest");
+        assert_eq!(got[2], S(96));
+        assert_eq!(got[3], S(70));
     }
 
     #[test]
@@ -412,17 +474,35 @@ mod tests {
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
+    /// A schedule that saw these documents a second before `t0`, with honest hints: the
+    /// first-sight rule (an early second look) is behind it.
+    fn seen_before(t0: Instant, docs: &[Processing]) -> DatasetSchedule {
+        let mut s = DatasetSchedule::new(t0, 0);
+        let earlier: Vec<Processing> = docs
+            .iter()
+            .map(|d| Processing {
+                remaining_time: d.remaining_time.map(|r| if r > 0 { r + 1 } else { r }),
+                ..d.clone()
+            })
+            .collect();
+        s.on_success(t0 - S(1), &earlier, true, &policy(), 0.0);
+        s
+    }
+
+    #[test]
+    fn a_first_sight_looks_again_at_half_the_hint() {
+        let t0 = Instant::now();
+        let mut s = DatasetSchedule::new(t0, 0);
+        let next = s.on_success(t0, &[proc("a", Some(40))], true, &policy(), 0.0);
+        assert_eq!(next - t0, S(20));
+    }
+
     #[test]
     fn follows_the_smallest_hint() {
         let t0 = Instant::now();
-        let mut s = DatasetSchedule::new(t0, 0);
-        let next = s.on_success(
-            t0,
-            &[proc("a", Some(40)), proc("b", Some(20))],
-            true,
-            &policy(),
-            0.0,
-        );
+        let docs = [proc("a", Some(40)), proc("b", Some(20))];
+        let mut s = seen_before(t0, &docs);
+        let next = s.on_success(t0, &docs, true, &policy(), 0.0);
         assert_eq!(next - t0, S(20));
     }
 
@@ -444,26 +524,29 @@ mod tests {
     #[test]
     fn the_spread_of_a_long_hint_is_capped_at_min_interval() {
         let t0 = Instant::now();
-        let mut s = DatasetSchedule::new(t0, 0);
-        let next = s.on_success(t0, &[proc("a", Some(100))], true, &policy(), 1.0);
+        let long = [proc("a", Some(100))];
+        let mut s = seen_before(t0, &long);
+        let next = s.on_success(t0, &long, true, &policy(), 1.0);
         assert_eq!(
             next - t0,
             S(102),
             "10 % would be 10 s; min_interval caps it at 2 s"
         );
-        let mut s = DatasetSchedule::new(t0, 0);
-        let next = s.on_success(t0, &[proc("a", Some(100))], true, &policy(), 0.5);
+        let mut s = seen_before(t0, &long);
+        let next = s.on_success(t0, &long, true, &policy(), 0.5);
         assert_eq!(next - t0, S(101));
-        let mut s = DatasetSchedule::new(t0, 0);
-        let next = s.on_success(t0, &[proc("a", Some(10))], true, &policy(), 1.0);
+        let short = [proc("a", Some(10))];
+        let mut s = seen_before(t0, &short);
+        let next = s.on_success(t0, &short, true, &policy(), 1.0);
         assert_eq!(next - t0, S(11), "short hints get the full 10 %");
     }
 
     #[test]
     fn jitter_only_ever_delays() {
         let t0 = Instant::now();
-        let mut s = DatasetSchedule::new(t0, 0);
-        let next = s.on_success(t0, &[proc("a", Some(20))], true, &policy(), 0.999);
+        let docs = [proc("a", Some(20))];
+        let mut s = seen_before(t0, &docs);
+        let next = s.on_success(t0, &docs, true, &policy(), 0.999);
         assert!(next - t0 >= S(20));
         assert!(next - t0 <= S(22));
     }
@@ -501,7 +584,7 @@ mod tests {
     fn a_hint_that_failed_once_is_not_trusted_again() {
         let t0 = Instant::now();
         let p = policy();
-        let mut s = DatasetSchedule::new(t0, 0);
+        let mut s = seen_before(t0, &[proc("a", Some(20))]);
         let next = s.on_success(t0, &[proc("a", Some(20))], true, &p, 0.0);
         // Still processing at the hinted time, claiming 20 s more: the hint failed.
         let next = s.on_success(next, &[proc("a", Some(20))], false, &p, 0.0);

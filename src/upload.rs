@@ -361,8 +361,11 @@ pub async fn command(
         Ok(g) => g,
         Err(msg) => return usage(msg),
     };
-    let display = if args.quiet || args.json {
+    // The wait shows what `wait` shows: bars on a terminal, lines elsewhere.
+    let display = if args.quiet {
         Display::Quiet
+    } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        Display::Bars
     } else {
         Display::Lines
     };

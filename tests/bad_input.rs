@@ -31,6 +31,16 @@ fn malformed() -> Vec<(&'static str, String, &'static str)> {
             "cannot start any token (YAML indents with spaces, not tabs)",
         ),
         (
+            "a batch on a whole knowledge base",
+            "watch:\n  - dataset: \"1\"\n    documents: all\n    batch: nightly\n".into(),
+            "batch: a batch needs its documents named: `documents: all` never completes",
+        ),
+        (
+            "a batch on a space",
+            "watch:\n  - space: \"9\"\n    batch: nightly\n".into(),
+            "batch: a batch needs its documents named: a `space` entry never completes",
+        ),
+        (
             "unknown top-level key",
             format!("apis: {{}}\n{w}"),
             "unknown field `apis`",
@@ -427,6 +437,18 @@ fn as_other_user(work: &Workdir, args: &[&str]) -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
+/// A config whose state dir lies in a directory only its owner (root, or the test's user
+/// without write permission) may use. Returns the state dir.
+fn config_in_locked_dir(work: &Workdir) -> std::path::PathBuf {
+    let state = locked_dir(work).join("state");
+    let text = format!(
+        "api:\n  base_url: http://127.0.0.1:9\npoll:\n{FAST_POLL}state:\n  dir: {}\n{W}",
+        state.display()
+    );
+    std::fs::write(work.config_path(), text).unwrap();
+    state
+}
+
 /// A directory only its owner (root, or the test's user without write permission) may use.
 fn locked_dir(work: &Workdir) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
@@ -444,12 +466,7 @@ fn locked_dir(work: &Workdir) -> std::path::PathBuf {
 #[test]
 fn check_lint_and_run_agree_on_a_state_dir_the_user_cannot_create() {
     let work = Workdir::new();
-    let state = locked_dir(&work).join("state");
-    let text = format!(
-        "api:\n  base_url: http://127.0.0.1:9\npoll:\n{FAST_POLL}state:\n  dir: {}\n{W}",
-        state.display()
-    );
-    std::fs::write(work.config_path(), text).unwrap();
+    let state = config_in_locked_dir(&work);
     let names_dir_and_user = |out: &str| {
         assert!(out.contains(&state.display().to_string()), "{out}");
         assert!(out.contains("uid "), "{out}");
@@ -474,12 +491,7 @@ fn check_lint_and_run_agree_on_a_state_dir_the_user_cannot_create() {
 fn status_and_deliveries_on_a_store_the_user_cannot_read_say_permission_denied() {
     use std::os::unix::fs::PermissionsExt;
     let work = Workdir::new();
-    let state = locked_dir(&work).join("state");
-    let text = format!(
-        "api:\n  base_url: http://127.0.0.1:9\npoll:\n{FAST_POLL}state:\n  dir: {}\n{W}",
-        state.display()
-    );
-    std::fs::write(work.config_path(), text).unwrap();
+    let state = config_in_locked_dir(&work);
     // The owner creates the store.
     let locked = state.parent().unwrap();
     std::fs::set_permissions(locked, std::fs::Permissions::from_mode(0o700)).unwrap();

@@ -205,6 +205,18 @@ async fn healthz_turns_503_on_a_refused_token_and_back_to_200() {
     sim.shutdown().await;
 }
 
+/// `GET /metrics` of the daemon's ops endpoint (no `Accept`: the classic format).
+async fn metrics_text(listen: std::net::SocketAddr) -> String {
+    http()
+        .get(format!("http://{listen}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Every sample line of a Prometheus text exposition: name -> value (labels kept in the name).
 fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
@@ -247,17 +259,7 @@ async fn metrics_parse_and_move_with_polls_and_deliveries() {
     let rest = format!("http:\n  listen: {listen}\n{}", watch(DS, &[A, B]));
     work.write_config(&sim.base_url(), FAST_POLL, &rest);
     let mut d = Daemon::start(&work);
-    let scrape = || async {
-        let text = http()
-            .get(format!("http://{listen}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        parse_prometheus(&text)
-    };
+    let scrape = || async { parse_prometheus(&metrics_text(listen).await) };
     d.wait_for(&format!("document.completed {A}"), SECS(15))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -529,14 +531,7 @@ async fn json_log_fields_are_plain_values_and_api_errors_carry_msg_and_logid() {
     let mut d = Daemon::start(&work);
     d.wait_for(&format!("document.completed {B}"), SECS(15))
         .await;
-    let metrics = http()
-        .get(format!("http://{listen}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(listen).await;
     d.stop().await;
     let lines: Vec<serde_json::Value> = d
         .lines()
@@ -562,28 +557,15 @@ async fn json_log_fields_are_plain_values_and_api_errors_carry_msg_and_logid() {
             .unwrap_or_else(|| panic!("no line with {needle:?}"))
             .clone()
     };
-    let failed = with_msg("poll failed");
-    assert!(
-        failed["logid"]
-            .as_str()
-            .is_some_and(|l| l.starts_with("SIM")),
-        "{failed}"
-    );
-    assert!(
-        !failed["msg"].as_str().unwrap_or_default().is_empty(),
-        "{failed}"
-    );
-    let split = with_msg("splitting it");
-    assert!(
-        split["logid"]
-            .as_str()
-            .is_some_and(|l| l.starts_with("SIM")),
-        "{split}"
-    );
-    assert!(
-        !split["msg"].as_str().unwrap_or_default().is_empty(),
-        "{split}"
-    );
+    for needle in ["poll failed", "splitting it"] {
+        let line = with_msg(needle);
+        let logid = line["logid"].as_str().unwrap_or_default();
+        assert!(logid.starts_with("SIM"), "{line}");
+        assert!(
+            !line["msg"].as_str().unwrap_or_default().is_empty(),
+            "{line}"
+        );
+    }
     let counted = parse_prometheus(&metrics);
     assert_eq!(
         counted.get("coze_watch_api_errors_total{kind=\"bad_request\"}"),

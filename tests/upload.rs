@@ -28,6 +28,17 @@ async fn upload(sim: &SimHandle, args: &[&str]) -> Output {
         .unwrap()
 }
 
+async fn wait_all(sim: &SimHandle, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coze-watch"))
+        .args(["wait", DS, "--all", "--base-url", &sim.base_url()])
+        .args(args)
+        .env_clear()
+        .env("COZE_API_TOKEN", sim.token())
+        .output()
+        .await
+        .unwrap()
+}
+
 fn files(dir: &Path, names: &[String]) -> Vec<String> {
     names
         .iter()
@@ -214,13 +225,7 @@ async fn a_token_without_create_or_list_permission_exits_4_naming_it() {
     let o = upload(&sim, &[paths[0].as_str()]).await;
     assert_eq!(o.status.code(), Some(4), "{}", out(&o));
     assert!(out(&o).contains("createDocument"), "{}", out(&o));
-    let o = Command::new(env!("CARGO_BIN_EXE_coze-watch"))
-        .args(["wait", DS, "--all", "--base-url", &sim.base_url()])
-        .env_clear()
-        .env("COZE_API_TOKEN", sim.token())
-        .output()
-        .await
-        .unwrap();
+    let o = wait_all(&sim, &[]).await;
     assert_eq!(o.status.code(), Some(4), "{}", out(&o));
     assert!(out(&o).contains("listDocument"), "{}", out(&o));
     sim.shutdown().await;
@@ -236,22 +241,7 @@ async fn wait_all_waits_for_the_documents_processing_when_it_starts() {
         ],
     )]))
     .await;
-    let o = Command::new(env!("CARGO_BIN_EXE_coze-watch"))
-        .args([
-            "wait",
-            DS,
-            "--all",
-            "--timeout",
-            "30s",
-            "--json",
-            "--base-url",
-            &sim.base_url(),
-        ])
-        .env_clear()
-        .env("COZE_API_TOKEN", sim.token())
-        .output()
-        .await
-        .unwrap();
+    let o = wait_all(&sim, &["--timeout", "30s", "--json"]).await;
     assert_eq!(o.status.code(), Some(1), "one failed: {}", out(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["documents"].as_array().unwrap().len(), 2, "{v}");
@@ -262,13 +252,7 @@ async fn wait_all_waits_for_the_documents_processing_when_it_starts() {
     );
     // Later, nothing is processing: done at once.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let o = Command::new(env!("CARGO_BIN_EXE_coze-watch"))
-        .args(["wait", DS, "--all", "--base-url", &sim.base_url()])
-        .env_clear()
-        .env("COZE_API_TOKEN", sim.token())
-        .output()
-        .await
-        .unwrap();
+    let o = wait_all(&sim, &[]).await;
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
     assert!(
         out(&o).contains("no document of knowledge base"),

@@ -282,17 +282,22 @@ fn unusable_error(r: &PollReport) -> Option<&ApiError> {
         .or(r.dataset_not_found.as_ref())
 }
 
+/// The client `wait` polls with: the default limits (at most 1 request/s).
+fn client(opts: &WaitOptions) -> Result<std::sync::Arc<CozeClient>, crate::http::BuildError> {
+    CozeClient::new(ClientSettings {
+        base_url: opts.base_url.clone(),
+        token: opts.token.clone(),
+        limits: ApiLimits::default(),
+        token_file: None,
+    })
+}
+
 /// `--all`: the documents of the knowledge base that its document list says are processing.
 /// A listing that fails is an unusable API (a token without listDocument names it).
 async fn processing_now(
     opts: &WaitOptions,
 ) -> Result<Result<Vec<DocumentId>, ApiError>, crate::http::BuildError> {
-    let client = CozeClient::new(ClientSettings {
-        base_url: opts.base_url.clone(),
-        token: opts.token.clone(),
-        limits: ApiLimits::default(),
-        token_file: None,
-    })?;
+    let client = client(opts)?;
     let list = || {
         crate::discover::page_all(
             crate::config::Flavor::Cloud.first_document_page(),
@@ -325,12 +330,7 @@ pub async fn run(
     interrupt: CancellationToken,
 ) -> Result<WaitReport, crate::http::BuildError> {
     let poll = PollConfig::default();
-    let client = CozeClient::new(ClientSettings {
-        base_url: opts.base_url.clone(),
-        token: opts.token.clone(),
-        limits: ApiLimits::default(),
-        token_file: None,
-    })?;
+    let client = client(&opts)?;
     let tracker = TrackerPolicy::from(&poll);
     let policy = SchedulePolicy::from(&poll);
     let started = UnixMs::now();
