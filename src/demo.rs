@@ -323,6 +323,8 @@ pub async fn run(log: Option<&std::path::Path>) -> Result<(), DemoError> {
         }],
         wakeups: Arc::new(AtomicU64::new(0)),
         on_ready: Box::new(|| {}),
+        clock: crate::wall::Clock::system(),
+        ops_listener: None,
     };
     let daemon = tokio::spawn(daemon::run(config, ctx));
     tokio::spawn(upload_later(

@@ -170,6 +170,8 @@ async fn run_daemon(args: ConfigArg, early: EarlySignals) -> anyhow::Result<Exit
         extra_notifiers: Vec::new(),
         wakeups: Arc::new(AtomicU64::new(0)),
         on_ready: Box::new(|| tracing::info!("ready")),
+        clock: coze_watch::wall::Clock::system(),
+        ops_listener: None,
     };
     match coze_watch::daemon::run(loaded.config, ctx).await {
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -28,13 +28,14 @@ use crate::secret::Secret;
 use crate::status;
 use crate::store::StoreHandle;
 use crate::tracker::Lifecycle;
-use crate::wall::UnixMs;
 
 /// The largest body the write routes read; a larger one gets 413.
 pub const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct OpsState {
+    /// The run's clock (status times, run-time entries' creation).
+    pub clock: crate::wall::Clock,
     pub metrics: Arc<Metrics>,
     pub store: StoreHandle,
     pub watch: Arc<RwLock<Arc<WatchList>>>,
@@ -56,10 +57,15 @@ pub struct Writes {
 /// error); serving errors are logged.
 pub async fn serve(
     listen: SocketAddr,
+    bound: Option<tokio::net::TcpListener>,
     state: OpsState,
     shutdown: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = match bound {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind(listen).await?,
+    };
+    let listen = listener.local_addr().unwrap_or(listen);
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -133,7 +139,10 @@ async fn status_json(State(s): State<OpsState>) -> Response {
     let watch: Arc<WatchList> = s.watch.read().map(|w| w.clone()).unwrap_or_default();
     let report = s
         .store
-        .read_long(move |st| status::snapshot(st, Some(&watch), UnixMs::now()))
+        .read_long({
+            let now = s.clock.wall();
+            move |st| status::snapshot(st, Some(&watch), now)
+        })
         .await
         .map(|mut r| {
             r.problems = s.metrics.health.reasons();
@@ -207,7 +216,7 @@ async fn add_watch(State(s): State<OpsState>, headers: HeaderMap, body: Bytes) -
         Ok(r) => r,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "body", &e.to_string()),
     };
-    let entries = match runtime::validate_add(&req, &writes.notifiers, UnixMs::now()) {
+    let entries = match runtime::validate_add(&req, &writes.notifiers, s.clock.wall()) {
         Ok(e) => e,
         Err(e) => return input_error(&e),
     };

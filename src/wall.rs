@@ -1,4 +1,5 @@
-//! UTC wall time as persisted and printed: milliseconds since the Unix epoch.
+//! UTC wall time as persisted and printed: milliseconds since the Unix epoch; and [`Clock`],
+//! the daemon's one source of both times.
 //!
 //! Wall time is used only for what outlives the process (stored times, event timestamps, the
 //! `stall_after`/`give_up_after` clocks that must survive restarts). Schedules and timeouts use
@@ -8,6 +9,41 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// The run's one clock. The monotonic instant is always tokio's (so `tokio::time::pause`
+/// drives it); the wall time is the system's ([`Clock::system`], production: it follows the
+/// system clock across long runs, NTP steps included) or, for tests, derived from tokio's
+/// instant after an anchor ([`Clock::anchored`]: a paused clock moves both together, so a
+/// 30-minute stall rule passes in a moment of real time).
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    anchor: Option<(UnixMs, Instant)>,
+}
+
+impl Clock {
+    pub fn system() -> Self {
+        Clock { anchor: None }
+    }
+
+    /// Wall time `wall` now, advancing with tokio's clock from here on.
+    pub fn anchored(wall: UnixMs) -> Self {
+        Clock {
+            anchor: Some((wall, Instant::now())),
+        }
+    }
+
+    pub fn wall(&self) -> UnixMs {
+        match self.anchor {
+            None => UnixMs::now(),
+            Some((wall, at)) => wall.plus(Instant::now().saturating_duration_since(at)),
+        }
+    }
+
+    pub fn instant(&self) -> Instant {
+        Instant::now()
+    }
+}
 
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,

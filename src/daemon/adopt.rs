@@ -17,7 +17,6 @@ use crate::ids::{DatasetId, DocumentId};
 use crate::schedule::DatasetSchedule;
 use crate::store::RuntimeEntry;
 use crate::tracker::Lifecycle;
-use crate::wall::UnixMs;
 
 /// The config's watch list with the run-time entries merged in. An entry in both keeps the
 /// config's labels and notifiers.
@@ -135,7 +134,7 @@ impl Engine {
             .read_long(|s| s.load_schedules())
             .await
             .unwrap_or_default();
-        let now_wall = UnixMs::now();
+        let now_wall = self.clock.wall();
         let now = Instant::now();
         if !fresh.is_empty() {
             let n = fresh.len();

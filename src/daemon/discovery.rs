@@ -189,6 +189,7 @@ impl Engine {
                 store: self.store.clone(),
                 flavor: self.config.api.flavor,
                 relist: self.config.poll.relist_interval,
+                clock: self.clock,
             };
             tasks.spawn(async move {
                 let span = tracing::debug_span!("discover", scope = %scope);
@@ -219,11 +220,10 @@ impl Engine {
         let rows = found.rows;
         let n_rows = rows.len();
         let (scope_for_store, state_for_store) = (scope.clone(), state.clone());
+        let now_wall = self.clock.wall();
         let committed = self
             .store
-            .write(move |s| {
-                s.commit_discovery(&scope_for_store, &state_for_store, &rows, UnixMs::now())
-            })
+            .write(move |s| s.commit_discovery(&scope_for_store, &state_for_store, &rows, now_wall))
             .await;
         if let Err(e) = committed {
             tracing::error!(scope = %scope, error = %e, "cannot record what discovery found; it will be listed again");
@@ -357,6 +357,7 @@ struct Job {
     store: StoreHandle,
     flavor: Flavor,
     relist: Duration,
+    clock: crate::wall::Clock,
 }
 
 impl Job {
@@ -370,7 +371,7 @@ impl Job {
             failure: None,
             requests: 0,
         };
-        let now = UnixMs::now();
+        let now = self.clock.wall();
         let result = match (scope, entry) {
             (Scope::Space(space), Some(entry)) => {
                 self.space(space, entry, &mut state, now, &mut found).await

@@ -30,7 +30,7 @@ use crate::poller::{PollReport, poll_dataset};
 use crate::schedule::{self, DatasetSchedule, DueQueue, Failure};
 use crate::store::{NewEvent, StoreError, StoreHandle, Stored, StoredSchedule};
 use crate::tracker::{DocState, TrackerPolicy};
-use crate::wall::UnixMs;
+use crate::wall::{Clock, UnixMs};
 
 /// All mutable engine state, owned by the one run-loop task.
 pub(super) struct Engine {
@@ -56,6 +56,8 @@ pub(super) struct Engine {
     /// The run-time entries (`watch add`, `POST /v1/watch`), as last read from the store.
     pub(super) runtime: Vec<crate::store::RuntimeEntry>,
     pub(super) discovery: Discovery,
+    /// The one clock (wall and monotonic) of this run.
+    pub(super) clock: Clock,
 }
 
 /// What a poll task found: the report, and which of its steps to write.
@@ -84,8 +86,10 @@ impl Engine {
         store: StoreHandle,
         dispatch: DispatcherHandle,
         extra: Vec<ExtraNotifier>,
+        clock: Clock,
     ) -> Self {
         Engine {
+            clock,
             metrics,
             watch,
             policy: Policies::from(&config),
@@ -259,11 +263,12 @@ impl Engine {
             let client = self.client.clone();
             let store = self.store.clone();
             let policy = self.policy.tracker.clone();
+            let clock = self.clock;
             polls.spawn(async move {
                 let started = Instant::now();
                 let span = tracing::debug_span!("poll", dataset_id = %ds, documents = docs.len());
                 let polled = tracing::Instrument::instrument(
-                    poll_one(&client, &store, &ds, docs, &policy),
+                    poll_one(&client, &store, &ds, docs, &policy, clock),
                     span,
                 )
                 .await;
@@ -298,7 +303,7 @@ impl Engine {
             store_it,
             terminal,
         } = polled;
-        let now_wall = UnixMs::now();
+        let now_wall = self.clock.wall();
         self.observe_metrics(&ds, &report, started);
         for step in &report.steps {
             if let Some(n) = step.new_unknown_status {
@@ -537,7 +542,10 @@ impl Engine {
         keep.extend(self.extra.iter().map(|e| e.notifier.name().to_string()));
         match self
             .store
-            .write(move |s| s.kill_removed_notifiers(&keep, UnixMs::now()))
+            .write({
+                let now = self.clock.wall();
+                move |s| s.kill_removed_notifiers(&keep, now)
+            })
             .await
         {
             Ok(0) => {}
@@ -553,7 +561,10 @@ impl Engine {
         let retention = self.config.state.retention;
         match self
             .store
-            .write(move |s| s.prune(UnixMs::now(), retention))
+            .write({
+                let now = self.clock.wall();
+                move |s| s.prune(now, retention)
+            })
             .await
         {
             Ok(0) => {}
@@ -571,6 +582,7 @@ async fn poll_one(
     ds: &DatasetId,
     docs: Vec<(DocumentId, Hot)>,
     policy: &TrackerPolicy,
+    clock: Clock,
 ) -> Result<Polled, StoreError> {
     let ids: Vec<DocumentId> = docs.iter().map(|(id, _)| id.clone()).collect();
     let dataset = ds.clone();
@@ -587,7 +599,7 @@ async fn poll_one(
             Stored::Terminal(id) => terminal.push(id),
         }
     }
-    let now = UnixMs::now();
+    let now = clock.wall();
     let mut hots: HashMap<DocumentId, Hot> = HashMap::with_capacity(docs.len());
     let mut olds: Vec<DocState> = Vec::with_capacity(docs.len());
     for (id, hot) in docs {
@@ -604,9 +616,9 @@ async fn poll_one(
         hots.insert(id, hot);
         olds.push(state);
     }
-    let report = poll_dataset(client, ds, &olds, policy, UnixMs::now()).await;
+    let report = poll_dataset(client, ds, &olds, policy, clock.wall()).await;
     let by_id: HashMap<&DocumentId, &DocState> = olds.iter().map(|d| (&d.document_id, d)).collect();
-    let now = UnixMs::now();
+    let now = clock.wall();
     let store_it = report
         .steps
         .iter()

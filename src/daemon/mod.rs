@@ -88,6 +88,11 @@ pub struct RunContext {
     pub wakeups: Arc<AtomicU64>,
     /// Called once the store is open and the first schedule is set.
     pub on_ready: Box<dyn FnOnce() + Send>,
+    /// Where the run loop, the dispatcher and the ops endpoint read the time.
+    pub clock: crate::wall::Clock,
+    /// A listener already bound for `http.listen` (tests bind port 0 and know the address);
+    /// `None`: bind `http.listen`.
+    pub ops_listener: Option<tokio::net::TcpListener>,
 }
 
 /// Runs the daemon until `ctx.shutdown`; returns after in-flight work had its grace period.
@@ -113,6 +118,7 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
     let ops = match config.http.as_ref() {
         Some(http) => {
             let state = OpsState {
+                clock: ctx.clock,
                 metrics: metrics.clone(),
                 store: store.clone(),
                 watch: watch.clone(),
@@ -123,19 +129,28 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
                 }),
             };
             Some(
-                crate::ops::serve(http.listen, state, ctx.shutdown.clone())
-                    .await
-                    .map_err(|source| DaemonError::Listen {
-                        listen: http.listen,
-                        source,
-                    })?,
+                crate::ops::serve(
+                    http.listen,
+                    ctx.ops_listener.take(),
+                    state,
+                    ctx.shutdown.clone(),
+                )
+                .await
+                .map_err(|source| DaemonError::Listen {
+                    listen: http.listen,
+                    source,
+                })?,
             )
         }
         None => None,
     };
     let extra = std::mem::take(&mut ctx.extra_notifiers);
-    let (dispatcher, dispatch) =
-        Dispatcher::new(store.clone(), notifiers(&config, &extra), metrics.clone());
+    let (dispatcher, dispatch) = Dispatcher::new(
+        store.clone(),
+        notifiers(&config, &extra),
+        metrics.clone(),
+        ctx.clock,
+    );
     let mut engine = Engine::new(
         config,
         metrics,
@@ -144,6 +159,7 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
         store.clone(),
         dispatch,
         extra,
+        ctx.clock,
     );
     engine.sweep_removed_notifiers().await;
     engine.start().await;

@@ -7,13 +7,12 @@ use super::{Policies, notifiers, sd_notify_state};
 use crate::config::{self, Mode};
 use crate::coze::{ClientSettings, CozeClient};
 use crate::status::{LAST_RELOAD, ReloadOutcome};
-use crate::wall::UnixMs;
 
 impl Engine {
     /// Makes a reload's outcome visible outside the journal: the store (for `status` and
     /// `/status`) and `/metrics`.
     async fn record_reload(&mut self, error: Option<String>) {
-        let now = UnixMs::now();
+        let now = self.clock.wall();
         let outcome = ReloadOutcome {
             at: now.rfc3339_seconds(),
             ok: error.is_none(),

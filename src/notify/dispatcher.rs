@@ -18,7 +18,7 @@ use super::{Job, Notifier, Outcome, retry_delay};
 use crate::config::RetryPolicy;
 use crate::metrics::Metrics;
 use crate::store::{Delivery, DeliveryUpdate, RecordedAttempt, StoreHandle};
-use crate::wall::UnixMs;
+use crate::wall::{Clock, UnixMs};
 
 /// Deliveries started per notifier (running, or waiting for one of its `concurrency`
 /// permits), at most; the rest wait in the outbox. Per notifier, so a slow one never holds
@@ -59,6 +59,8 @@ fn entries(list: Vec<Arc<dyn Notifier>>) -> HashMap<String, Entry> {
 }
 
 pub struct Dispatcher {
+    /// Due times and attempt times (the run's one clock).
+    clock: Clock,
     store: StoreHandle,
     metrics: Arc<Metrics>,
     /// Outcomes known but not yet written (the store failed, e.g. a full disk). They are
@@ -98,10 +100,12 @@ impl Dispatcher {
         store: StoreHandle,
         notifiers: Vec<Arc<dyn Notifier>>,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> (Self, DispatcherHandle) {
         let wake = Arc::new(Notify::new());
         let (tx, rx) = mpsc::unbounded_channel();
         let d = Dispatcher {
+            clock,
             store,
             metrics,
             unrecorded: Vec::new(),
@@ -205,7 +209,7 @@ impl Dispatcher {
             let busy = entry.started.clone();
             reads.push((name.clone(), limit, busy));
         }
-        let now_wall = UnixMs::now();
+        let now_wall = self.clock.wall();
         let read = self
             .store
             .read_inline(move |s| {
@@ -303,7 +307,7 @@ impl Dispatcher {
         if outcomes.is_empty() {
             return;
         }
-        let now = UnixMs::now();
+        let now = self.clock.wall();
         let attempts: Vec<RecordedAttempt> = outcomes
             .iter()
             .map(|(d, outcome)| {
@@ -523,6 +527,7 @@ mod tests {
             store.clone(),
             vec![Arc::new(GatedNotifier(gate.clone()))],
             Arc::new(Metrics::new()),
+            Clock::system(),
         );
         let stop = CancellationToken::new();
         let run = tokio::spawn(dispatcher.run(stop.clone(), Duration::from_secs(1)));
@@ -559,8 +564,12 @@ mod tests {
             release: Semaphore::new(0),
         });
         let notifier = || -> Vec<Arc<dyn Notifier>> { vec![Arc::new(GatedNotifier(gate.clone()))] };
-        let (dispatcher, handle) =
-            Dispatcher::new(store.clone(), notifier(), Arc::new(Metrics::new()));
+        let (dispatcher, handle) = Dispatcher::new(
+            store.clone(),
+            notifier(),
+            Arc::new(Metrics::new()),
+            Clock::system(),
+        );
         let stop = CancellationToken::new();
         let run = tokio::spawn(dispatcher.run(stop.clone(), Duration::from_secs(1)));
         eventually("the first attempt", || {

@@ -73,4 +73,5 @@ pub async fn get_json(url: String) -> serde_json::Value {
 }
 
 pub mod daemon;
+pub mod engine;
 pub mod receiver;
