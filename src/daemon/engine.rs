@@ -60,6 +60,18 @@ pub(super) struct Engine {
     pub(super) clock: Clock,
 }
 
+/// What the run loop is built from (see [`super::run`]).
+pub(super) struct Wiring {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub watch: Arc<RwLock<Arc<WatchList>>>,
+    pub client: Arc<CozeClient>,
+    pub store: StoreHandle,
+    pub dispatch: DispatcherHandle,
+    pub extra: Vec<ExtraNotifier>,
+    pub clock: Clock,
+}
+
 /// What a poll task found: the report, and which of its steps to write.
 struct Polled {
     report: PollReport,
@@ -78,26 +90,17 @@ struct PollResult {
 }
 
 impl Engine {
-    pub(super) fn new(
-        config: Config,
-        metrics: Arc<Metrics>,
-        watch: Arc<RwLock<Arc<WatchList>>>,
-        client: Arc<CozeClient>,
-        store: StoreHandle,
-        dispatch: DispatcherHandle,
-        extra: Vec<ExtraNotifier>,
-        clock: Clock,
-    ) -> Self {
+    pub(super) fn new(w: Wiring) -> Self {
         Engine {
-            clock,
-            metrics,
-            watch,
-            policy: Policies::from(&config),
-            config,
-            client,
-            store,
-            dispatch,
-            extra,
+            clock: w.clock,
+            metrics: w.metrics,
+            watch: w.watch,
+            policy: Policies::from(&w.config),
+            config: w.config,
+            client: w.client,
+            store: w.store,
+            dispatch: w.dispatch,
+            extra: w.extra,
             live: HashMap::new(),
             schedules: HashMap::new(),
             queue: DueQueue::default(),

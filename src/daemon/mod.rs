@@ -151,16 +151,16 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
         metrics.clone(),
         ctx.clock,
     );
-    let mut engine = Engine::new(
+    let mut engine = Engine::new(engine::Wiring {
         config,
         metrics,
         watch,
         client,
-        store.clone(),
+        store: store.clone(),
         dispatch,
         extra,
-        ctx.clock,
-    );
+        clock: ctx.clock,
+    });
     engine.sweep_removed_notifiers().await;
     engine.start().await;
     let dispatcher_task = tokio::spawn(dispatcher.run(ctx.shutdown.clone(), SHUTDOWN_GRACE));
