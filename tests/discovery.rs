@@ -432,16 +432,7 @@ async fn a_refused_reload_is_visible_in_status_and_metrics() {
     work.write_config(&sim.base_url(), &poll(), &good);
     let mut d = Daemon::start(&work);
     d.wait_for("ready", SECS(10)).await;
-    let metrics = || async {
-        http()
-            .get(format!("http://{ops}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let metrics = || helper::metrics_text(ops);
     assert!(
         metrics()
             .await

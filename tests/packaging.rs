@@ -164,11 +164,7 @@ async fn sd_notify_says_ready_reloading_watchdog_and_stopping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_turns_503_on_a_refused_token_and_back_to_200() {
     let sim = start_sim(scenario(vec![(DS, vec![doc(A, 600, Outcome::Completed)])])).await;
-    let listen = reserve_port();
-    let work = Workdir::new();
-    let rest = format!("http:\n  listen: {listen}\n{}", watch(DS, &[A]));
-    work.write_config(&sim.base_url(), FAST_POLL, &rest);
-    let mut d = Daemon::start(&work);
+    let (listen, _work, mut d) = with_ops_endpoint(&sim);
     let health = || async {
         let r = http()
             .get(format!("http://{listen}/healthz"))
@@ -203,18 +199,6 @@ async fn healthz_turns_503_on_a_refused_token_and_back_to_200() {
     }
     d.stop().await;
     sim.shutdown().await;
-}
-
-/// `GET /metrics` of the daemon's ops endpoint (no `Accept`: the classic format).
-async fn metrics_text(listen: std::net::SocketAddr) -> String {
-    http()
-        .get(format!("http://{listen}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// Every sample line of a Prometheus text exposition: name -> value (labels kept in the name).
@@ -259,7 +243,7 @@ async fn metrics_parse_and_move_with_polls_and_deliveries() {
     let rest = format!("http:\n  listen: {listen}\n{}", watch(DS, &[A, B]));
     work.write_config(&sim.base_url(), FAST_POLL, &rest);
     let mut d = Daemon::start(&work);
-    let scrape = || async { parse_prometheus(&metrics_text(listen).await) };
+    let scrape = || async { parse_prometheus(&helper::metrics_text(listen).await) };
     d.wait_for(&format!("document.completed {A}"), SECS(15))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -403,8 +387,13 @@ async fn status_json_matches_what_happened_and_changes_no_file() {
 /// A daemon whose one completed document's webhook delivery is dead: the receiver answered
 /// `status` (a permanent refusal).
 async fn one_dead_delivery(status: u16) -> (coze_watch::sim::SimHandle, Receiver, Workdir, Daemon) {
+    dead_after(Reply::Status(status)).await
+}
+
+/// A daemon whose one completed document's webhook delivery died on `reply`.
+async fn dead_after(reply: Reply) -> (coze_watch::sim::SimHandle, Receiver, Workdir, Daemon) {
     let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
-    let rx = Receiver::start(vec![Reply::Status(status)]).await;
+    let rx = Receiver::start(vec![reply]).await;
     let work = Workdir::new();
     let rest = format!(
         "  - name: hook\n    type: webhook\n    url: {}\n{}",
@@ -419,21 +408,11 @@ async fn one_dead_delivery(status: u16) -> (coze_watch::sim::SimHandle, Receiver
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_when_a_delivery_died_and_the_answer_as_text() {
-    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
-    let rx = Receiver::start(vec![Reply::StatusBody(
+    let (sim, rx, work, mut d) = dead_after(Reply::StatusBody(
         400,
         "{\"error\": \"no such hook\"}\nsee docs",
-    )])
+    ))
     .await;
-    let work = Workdir::new();
-    let rest = format!(
-        "  - name: hook\n    type: webhook\n    url: {}\n{}",
-        rx.url("/h"),
-        watch(DS, &[A])
-    );
-    work.write_config(&sim.base_url(), FAST_POLL, &rest);
-    let mut d = Daemon::start(&work);
-    d.wait_for("delivery is dead", SECS(15)).await;
     d.stop().await;
     for command in ["status", "deliveries"] {
         let out = cli(&work, &[command]).await;
@@ -531,7 +510,7 @@ async fn json_log_fields_are_plain_values_and_api_errors_carry_msg_and_logid() {
     let mut d = Daemon::start(&work);
     d.wait_for(&format!("document.completed {B}"), SECS(15))
         .await;
-    let metrics = metrics_text(listen).await;
+    let metrics = helper::metrics_text(listen).await;
     d.stop().await;
     let lines: Vec<serde_json::Value> = d
         .lines()
@@ -578,6 +557,16 @@ async fn json_log_fields_are_plain_values_and_api_errors_carry_msg_and_logid() {
         "{metrics}"
     );
     sim.shutdown().await;
+}
+
+/// The daemon watching document A, with its ops endpoint on a free port.
+fn with_ops_endpoint(sim: &coze_watch::sim::SimHandle) -> (std::net::SocketAddr, Workdir, Daemon) {
+    let listen = reserve_port();
+    let work = Workdir::new();
+    let rest = format!("http:\n  listen: {listen}\n{}", watch(DS, &[A]));
+    work.write_config(&sim.base_url(), FAST_POLL, &rest);
+    let d = Daemon::start(&work);
+    (listen, work, d)
 }
 
 /// Parses a metrics exposition with the Prometheus project's own Python parser
@@ -634,11 +623,7 @@ print(n)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_speak_openmetrics_or_the_classic_format_as_the_scraper_asks() {
     let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
-    let listen = reserve_port();
-    let work = Workdir::new();
-    let rest = format!("http:\n  listen: {listen}\n{}", watch(DS, &[A]));
-    work.write_config(&sim.base_url(), FAST_POLL, &rest);
-    let mut d = Daemon::start(&work);
+    let (listen, _work, mut d) = with_ops_endpoint(&sim);
     d.wait_for(&format!("document.completed {A}"), SECS(15))
         .await;
     let scrape = |accept: Option<&'static str>| async move {

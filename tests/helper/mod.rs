@@ -75,3 +75,15 @@ pub async fn get_json(url: String) -> serde_json::Value {
 pub mod daemon;
 pub mod engine;
 pub mod receiver;
+
+/// `GET /metrics` of a daemon's ops endpoint (no `Accept`: the classic text format).
+pub async fn metrics_text(listen: SocketAddr) -> String {
+    http()
+        .get(format!("http://{listen}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
