@@ -55,25 +55,6 @@ async fn completed_and_failed_documents_log_exactly_one_event_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn honest_hints_cost_far_fewer_requests_than_fixed_polling() {
-    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 20, Outcome::Completed)])])).await;
-    let work = Workdir::new();
-    work.write_config(
-        &sim.base_url(),
-        "  min_interval: 2s\n  max_interval: 2m\n",
-        &watch(DS, &[A]),
-    );
-    let mut d = Daemon::start(&work);
-    d.wait_for(&format!("document.completed {A}"), SECS(40))
-        .await;
-    let requests = sim.stats().requests;
-    // A 2 s fixed poll would have sent 10 or 11 requests for a 20 s document.
-    assert!(requests <= 4, "{requests} requests");
-    d.stop().await;
-    sim.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_or_a_remove_and_re_add_fires_nothing_again() {
     let sim = start_sim(scenario(vec![(
         DS,

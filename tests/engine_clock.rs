@@ -1,6 +1,7 @@
-//! The engine in-process with one virtual clock (`tests/helper/engine.rs`): the default
-//! `stall_after` (30 min), `give_up_after` (24 h) and `missing_grace` (10 min), asserted on the
-//! store, in a moment of real time.
+//! The engine in-process with one virtual clock (`tests/helper/engine.rs`): the request cost
+//! of honest hints, the default `stall_after` (30 min), `give_up_after` (24 h),
+//! `missing_grace` (10 min) and webhook `max_age` (72 h), asserted on the store and the
+//! simulator's counters, in a moment of real time.
 
 mod helper;
 
@@ -15,6 +16,24 @@ use helper::{doc, scenario, start_sim};
 const DS: &str = "7400000000000000001";
 const A: &str = "7500000000000000001";
 const MIN: fn(u64) -> Duration = |m| Duration::from_secs(m * 60);
+
+#[tokio::test(start_paused = true)]
+async fn honest_hints_cost_far_fewer_requests_than_fixed_polling() {
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 20, Outcome::Completed)])])).await;
+    let d = InProcess::start(
+        &sim,
+        "  min_interval: 2s\n  max_interval: 2m\n",
+        &watch(DS, &[A]),
+    )
+    .await;
+    d.advance(Duration::from_secs(40)).await;
+    assert_eq!(d.document(DS, A).unwrap().state, Lifecycle::Completed);
+    let requests = sim.stats().requests;
+    // A 2 s fixed poll would have sent 10 or 11 requests for a 20 s document.
+    assert!(requests <= 4, "{requests} requests");
+    d.stop().await;
+    sim.shutdown().await;
+}
 
 #[tokio::test(start_paused = true)]
 async fn a_document_stalls_after_the_default_30_minutes() {

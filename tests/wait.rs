@@ -258,11 +258,25 @@ async fn json_prints_the_final_states() {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// In-process with paused time (`wait::run` is the command's engine): a 20 s document costs
+/// a moment of real time.
+#[tokio::test(start_paused = true)]
 async fn honest_hints_cost_far_less_than_a_request_a_second() {
+    use coze_watch::ids::{DatasetId, DocumentId};
+    use coze_watch::wait::{Display, WaitOptions};
     let sim = start_sim(scenario(vec![(DS, vec![doc(A, 20, Outcome::Completed)])])).await;
-    let out = run(&sim, &[DS, A]).await;
-    assert_eq!(out.status.code(), Some(0));
+    let opts = WaitOptions {
+        dataset: DatasetId::new(DS),
+        documents: vec![DocumentId::new(A)],
+        timeout: None,
+        base_url: sim.base_url().parse().unwrap(),
+        token: coze_watch::secret::Secret::new(sim.token()),
+        display: Display::Quiet,
+    };
+    let report = coze_watch::wait::run(opts, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(report.exit_code, 0, "{report:?}");
     let requests = sim.stats().requests;
     // One request a second would be about 20.
     assert!(requests <= 4, "{requests} requests for a 20 s document");
