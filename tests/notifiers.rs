@@ -91,7 +91,8 @@ async fn a_delivery_is_signed_per_standard_webhooks_and_carries_the_event() {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// In-process with paused time: the retry schedule runs on the daemon's one clock.
+#[tokio::test(start_paused = true)]
 async fn three_500s_then_200_is_delivered_once_with_the_same_webhook_id() {
     let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
     let rx = Receiver::start(vec![
@@ -107,9 +108,9 @@ async fn three_500s_then_200_is_delivered_once_with_the_same_webhook_id() {
         watch(DS, &[A])
     );
     work.write_config(&sim.base_url(), FAST_POLL, &rest);
-    let mut d = Daemon::start(&work);
+    let d = helper::engine::InProcess::start_in(work, &sim).await;
     wait_until("four attempts", SECS(20), || rx.requests().len() >= 4).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    d.advance(Duration::from_secs(10)).await;
     let reqs = rx.requests();
     assert_eq!(reqs.len(), 4, "delivered once after three failures");
     assert_eq!(
