@@ -123,3 +123,65 @@ fn detail(body: &EventBody) -> String {
         EventType::BatchCompleted => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::ids::{DatasetId, DocumentId};
+    use crate::tracker::{DocState, EventDraft};
+    use crate::wall::UnixMs;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The text line `emit` writes for a document named `name`.
+    fn text_line(name: &str) -> String {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || out.clone())
+            .finish();
+        let mut doc = DocState::new(DatasetId::new("7"), DocumentId::new("42"), UnixMs(0));
+        doc.info.name = Some(name.to_string());
+        let draft = EventDraft {
+            event_type: EventType::Completed,
+            previous_status: None,
+            previous_progress: None,
+            reason: None,
+            occurrence: 1,
+        };
+        let body = EventBody::build(
+            crate::event::EventId::derive("7", "42", EventType::Completed, 1),
+            &doc,
+            &draft,
+            &Default::default(),
+            UnixMs(1000),
+        );
+        tracing::subscriber::with_default(subscriber, || emit("journal", &body));
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn an_untrusted_name_cannot_forge_a_text_log_line() {
+        let text = text_line("a.pdf\nINFO forged line \"quoted\"");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains(r#"document_name="a.pdf\nINFO forged line \"quoted\"""#),
+            "{text}"
+        );
+    }
+}

@@ -146,25 +146,16 @@ pub async fn command(args: WaitArgs) -> Result<u8, crate::http::BuildError> {
     let mut opts = opts;
     if args.all {
         match processing_now(&opts).await? {
-            Ok(docs) if docs.is_empty() => {
-                if !args.quiet {
+            Ok(docs) => {
+                if !args.quiet && docs.is_empty() {
                     eprintln!(
                         "no document of knowledge base {} is processing",
                         opts.dataset
                     );
-                }
-                if args.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"dataset_id": opts.dataset.as_str(), "outcome": "completed", "exit_code": 0, "error": null, "documents": []})
-                    );
-                }
-                return Ok(exit::COMPLETED);
-            }
-            Ok(docs) => {
-                if !args.quiet {
+                } else if !args.quiet {
                     eprintln!("waiting for {} processing document(s)", docs.len());
                 }
+                // None processing: the wait below ends at once, reporting an empty set.
                 opts.documents = docs;
             }
             Err(e) => {
