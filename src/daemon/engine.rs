@@ -82,7 +82,7 @@ struct Polled {
 }
 
 /// A finished poll task.
-struct PollResult {
+pub(super) struct PollResult {
     dataset: DatasetId,
     /// `Err`: the dataset's stored states could not be read; nothing was asked.
     polled: Result<Polled, StoreError>,
@@ -241,7 +241,7 @@ impl Engine {
         self.queue.remove(ds);
     }
 
-    fn start_due_polls(&mut self, polls: &mut JoinSet<PollResult>) {
+    pub(super) fn start_due_polls(&mut self, polls: &mut JoinSet<PollResult>) {
         let slots = self
             .config
             .api
@@ -284,7 +284,7 @@ impl Engine {
         }
     }
 
-    async fn finish_poll(&mut self, done: PollResult) {
+    pub(super) async fn finish_poll(&mut self, done: PollResult) {
         let PollResult {
             dataset: ds,
             polled,

@@ -18,6 +18,8 @@ mod discovery;
 mod engine;
 mod persist;
 mod reload;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
