@@ -1,5 +1,6 @@
 //! Chat formats against local fakes of Feishu, DingTalk, WeCom and Slack on 127.0.0.1. The
 //! fakes check each body's shape and recompute each signature with the test's own HMAC.
+//! Retry and digest timing run the daemon in-process on virtual time.
 
 mod helper;
 
@@ -9,6 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use coze_watch::sim::Outcome;
 use helper::daemon::{Daemon, FAST_POLL, Workdir, watch};
+use helper::engine::InProcess;
 use helper::receiver::{Received, Receiver, Reply, hmac_sha256};
 use helper::{doc, scenario, start_sim, wait_until};
 
@@ -187,7 +189,7 @@ async fn a_rejection_in_the_body_is_not_delivered() {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_rate_limit_answer_is_retried() {
     let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
     let dt = Receiver::start(vec![
@@ -195,7 +197,6 @@ async fn a_rate_limit_answer_is_retried() {
         Reply::Body(r#"{"errcode":0,"errmsg":"ok"}"#),
     ])
     .await;
-    let work = Workdir::new();
     let rest = format!(
         "{}{}",
         chat(
@@ -206,11 +207,15 @@ async fn a_rate_limit_answer_is_retried() {
         ),
         watch(DS, &[A])
     );
-    work.write_config(&sim.base_url(), FAST_POLL, &rest);
-    let mut d = Daemon::start(&work);
-    wait_until("the retry", SECS(15), || dt.requests().len() >= 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(dt.requests().len(), 2);
+    let d = InProcess::start(&sim, FAST_POLL, &rest).await;
+    d.until("the retry", SECS(15), |_| dt.requests().len() >= 2)
+        .await;
+    d.advance(SECS(60)).await;
+    let reqs = dt.requests();
+    assert_eq!(reqs.len(), 2);
+    // The dispatcher's own backoff (retry.initial 1 s) between the two.
+    let gap = reqs[1].at - reqs[0].at;
+    assert!((SECS(1)..SECS(2)).contains(&gap), "{gap:?}");
     d.stop().await;
     sim.shutdown().await;
 }
@@ -245,7 +250,7 @@ async fn a_long_wecom_message_is_cut_to_2048_bytes_of_valid_utf8() {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_backlog_of_100_events_goes_out_as_one_digest_each_delivered_once() {
     let docs: Vec<_> = (1..=100)
         .map(|i| {
@@ -261,7 +266,6 @@ async fn a_backlog_of_100_events_goes_out_as_one_digest_each_delivered_once() {
     let slack =
         Receiver::start_with_default("127.0.0.1:0".parse().unwrap(), vec![], Reply::Body("ok"))
             .await;
-    let work = Workdir::new();
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let rest = format!(
         "{}{}",
@@ -273,18 +277,17 @@ async fn a_backlog_of_100_events_goes_out_as_one_digest_each_delivered_once() {
         ),
         watch(DS, &id_refs)
     );
-    work.write_config(&sim.base_url(), FAST_POLL, &rest);
-    let mut d = Daemon::start(&work);
-    d.wait_for_count("document.completed", 100, SECS(20)).await;
-    wait_until("the digest", SECS(15), || !slack.requests().is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let d = InProcess::start(&sim, FAST_POLL, &rest).await;
+    d.until("the digest", SECS(30), |_| !slack.requests().is_empty())
+        .await;
+    d.advance(SECS(120)).await;
     let reqs = slack.requests();
     assert_eq!(reqs.len(), 1, "one digest, not 100 messages");
     let text = reqs[0].json()["text"].as_str().unwrap().to_string();
     assert!(text.contains("100 document events"), "{text}");
     assert!(text.contains("Document processed: 100"), "{text}");
     assert!(text.contains("and 90 more"), "{text}");
-    d.stop().await;
+    let work = d.stop().await;
     let store = coze_watch::store::Store::open_read_only(&work.state_dir()).unwrap();
     let delivered: Vec<_> = store
         .deliveries("delivered", 1000)

@@ -1,7 +1,8 @@
 //! Watching what arrives (SPEC sections 11 and 13): whole knowledge bases and spaces, the
 //! baseline, documents created at run time, skipped knowledge bases, a refused listing, and
-//! the run-time watch list from the command line and over HTTP. The real binary against the
-//! simulator and a webhook receiver on 127.0.0.1.
+//! the run-time watch list from the command line and over HTTP, against the simulator and a
+//! webhook receiver on 127.0.0.1: discovery's timing in-process on virtual time, the command
+//! line and its signals with the real binary.
 
 mod helper;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use coze_watch::sim::{Faults, Outcome, Scenario, SimDataset, SimHandle};
 use helper::daemon::{Daemon, FAST_POLL, Workdir, watch};
+use helper::engine::{Extras, InProcess, Logs};
 use helper::receiver::{Receiver, reserve_port};
 use helper::{doc, http, scenario, start_sim, wait_until};
 use nix::sys::signal::Signal;
@@ -18,6 +20,10 @@ const DS: &str = "7400000000000000001";
 const DS2: &str = "7400000000000000002";
 const SPACE: &str = "7300000000000000001";
 const SECS: fn(u64) -> Duration = Duration::from_secs;
+const OPS: Extras = Extras {
+    events: false,
+    ops: true,
+};
 
 /// Fast polls, a discovery every second, and quick missing rules.
 fn poll() -> String {
@@ -48,10 +54,11 @@ fn received(rx: &Receiver) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Waits until `n` more listings reached the simulator (so discovery had its chance).
-async fn listings(sim: &SimHandle, n: u64) {
+/// Lets virtual time pass until `n` more listings reached the simulator (so discovery had
+/// its chance).
+async fn listings(d: &InProcess, sim: &SimHandle, n: u64) {
     let start = sim.stats().listings;
-    wait_until("more listings", SECS(20), || {
+    d.until("more listings", SECS(20), |_| {
         sim.stats().listings >= start + n
     })
     .await;
@@ -59,7 +66,7 @@ async fn listings(sim: &SimHandle, n: u64) {
 
 /// The simulator serving `s`, a receiver, and the daemon watching knowledge base `DS` whole
 /// (`documents: all`), with `api_extra` lines added under `api:`.
-async fn watch_whole(s: Scenario, api_extra: &str) -> (SimHandle, Receiver, Workdir, Daemon) {
+async fn watch_whole(s: Scenario, api_extra: &str) -> (SimHandle, Receiver, InProcess) {
     let sim = start_sim(s).await;
     let rx = Receiver::start(vec![]).await;
     let work = Workdir::new();
@@ -74,38 +81,39 @@ async fn watch_whole(s: Scenario, api_extra: &str) -> (SimHandle, Receiver, Work
             .replace("api:\n", &format!("api:\n{api_extra}"));
         std::fs::write(work.config_path(), config).unwrap();
     }
-    let d = Daemon::start(&work);
-    (sim, rx, work, d)
+    let d = InProcess::start_in(work, &sim).await;
+    (sim, rx, d)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_baseline_fires_only_for_documents_processing_when_the_entry_is_adopted() {
     let mut docs: Vec<_> = (1..=50)
         .map(|i| doc(&id(i), 0, Outcome::Completed))
         .collect();
     docs.extend((51..=55).map(|i| doc(&id(i), 2, Outcome::Completed)));
-    let (sim, rx, work, mut d) = watch_whole(scenario(vec![(DS, docs)]), "").await;
-    wait_until("five events", SECS(20), || rx.requests().len() >= 5).await;
-    listings(&sim, 3).await;
+    let (sim, rx, d) = watch_whole(scenario(vec![(DS, docs)]), "").await;
+    d.until("five events", SECS(20), |_| rx.requests().len() >= 5)
+        .await;
+    listings(&d, &sim, 3).await;
     let got: BTreeSet<String> = received(&rx).into_iter().map(|(doc, _)| doc).collect();
     let want: BTreeSet<String> = (51..=55).map(id).collect();
     assert_eq!(got, want, "only the documents processing at adoption");
     assert_eq!(rx.requests().len(), 5, "once each");
     // A restart never re-baselines and never fires for a known document.
+    let work = d.stop().await;
+    let d = InProcess::start_in(work, &sim).await;
+    listings(&d, &sim, 2).await;
+    assert_eq!(rx.requests().len(), 5);
     d.stop().await;
-    let d = Daemon::start(&work);
-    listings(&sim, 2).await;
-    assert_eq!(rx.requests().len(), 5, "{}", d.lines().join("\n"));
-    drop(d);
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_document_created_and_finished_between_two_listings_fires_once() {
     let mut s = scenario(vec![(DS, vec![doc(&id(1), 0, Outcome::Completed)])]);
     s.create_duration = Duration::ZERO;
-    let (sim, rx, _work, mut d) = watch_whole(s, "").await;
-    listings(&sim, 2).await;
+    let (sim, rx, d) = watch_whole(s, "").await;
+    listings(&d, &sim, 2).await;
     let created: serde_json::Value = http()
         .post(format!(
             "{}/open_api/knowledge/document/create",
@@ -125,8 +133,9 @@ async fn a_document_created_and_finished_between_two_listings_fires_once() {
         .as_str()
         .unwrap()
         .to_string();
-    wait_until("its event", SECS(20), || !rx.requests().is_empty()).await;
-    listings(&sim, 2).await;
+    d.until("its event", SECS(20), |_| !rx.requests().is_empty())
+        .await;
+    listings(&d, &sim, 2).await;
     let events = rx.requests();
     assert_eq!(events.len(), 1, "exactly one event");
     let v = events[0].json();
@@ -140,7 +149,7 @@ async fn a_document_created_and_finished_between_two_listings_fires_once() {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_space_watches_new_knowledge_bases_skips_disabled_and_volcano_ones_and_sees_deletions() {
     let mut s = scenario(vec![
         (
@@ -161,6 +170,7 @@ async fn a_space_watches_new_knowledge_bases_skips_disabled_and_volcano_ones_and
     }
     s.datasets[1].disabled = true;
     s.datasets[2].volcano = true;
+    let logs = Logs::capture();
     let sim = start_sim(s).await;
     let rx = Receiver::start(vec![]).await;
     let work = Workdir::new();
@@ -169,8 +179,11 @@ async fn a_space_watches_new_knowledge_bases_skips_disabled_and_volcano_ones_and
         hook(&rx.url("/h"))
     );
     work.write_config(&sim.base_url(), &poll(), &rest);
-    let mut d = Daemon::start(&work);
-    wait_until("the first document", SECS(20), || !rx.requests().is_empty()).await;
+    let d = InProcess::start_in(work, &sim).await;
+    d.until("the first document", SECS(20), |_| {
+        !rx.requests().is_empty()
+    })
+    .await;
     assert_eq!(rx.requests()[0].json()["data"]["labels"]["team"], "kb");
     // A knowledge base appears in the space.
     let kb = SimDataset {
@@ -185,7 +198,7 @@ async fn a_space_watches_new_knowledge_bases_skips_disabled_and_volcano_ones_and
         .send()
         .await
         .unwrap();
-    wait_until("the new knowledge base's document", SECS(20), || {
+    d.until("the new knowledge base's document", SECS(20), |_| {
         received(&rx).iter().any(|(doc, _)| *doc == id(5))
     })
     .await;
@@ -196,24 +209,24 @@ async fn a_space_watches_new_knowledge_bases_skips_disabled_and_volcano_ones_and
         .send()
         .await
         .unwrap();
-    wait_until("the deleted document", SECS(20), || {
+    d.until("the deleted document", SECS(20), |_| {
         received(&rx)
             .iter()
             .any(|(doc, ty)| *doc == id(2) && ty == "document.missing")
     })
     .await;
-    listings(&sim, 3).await;
+    listings(&d, &sim, 3).await;
     let got = received(&rx);
     assert!(
         !got.iter().any(|(doc, _)| *doc == id(3) || *doc == id(4)),
         "nothing from skipped knowledge bases: {got:?}"
     );
-    assert_eq!(d.count("knowledge base skipped"), 2, "each logged once");
+    assert_eq!(logs.count("knowledge base skipped"), 2, "each logged once");
     d.stop().await;
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_token_without_list_permission_is_named_and_explicit_entries_still_notify() {
     let sim = start_sim(scenario(vec![
         (DS, vec![doc(&id(1), 1, Outcome::Completed)]),
@@ -224,21 +237,25 @@ async fn a_token_without_list_permission_is_named_and_explicit_entries_still_not
         listing_denied: true,
         ..Faults::default()
     });
+    let logs = Logs::capture();
     let rx = Receiver::start(vec![]).await;
-    let ops = reserve_port();
     let work = Workdir::new();
     let rest = format!(
-        "{}http:\n  listen: {ops}\nwatch:\n  - dataset: \"{DS}\"\n    documents: all\n  - dataset: \"{DS2}\"\n    documents: [\"{}\"]\n",
+        "{}http:\n  listen: 127.0.0.1:0\nwatch:\n  - dataset: \"{DS}\"\n    documents: all\n  - dataset: \"{DS2}\"\n    documents: [\"{}\"]\n",
         hook(&rx.url("/h")),
         id(2)
     );
     work.write_config(&sim.base_url(), &poll(), &rest);
-    let mut d = Daemon::start(&work);
-    wait_until("the explicit document", SECS(20), || {
+    let d = InProcess::launch(work, &sim, OPS).await;
+    let ops = d.ops.unwrap();
+    d.until("the explicit document", SECS(20), |_| {
         received(&rx).iter().any(|(doc, _)| *doc == id(2))
     })
     .await;
-    d.wait_for("listDocument", SECS(10)).await;
+    d.until("the refusal logged", SECS(10), |_| {
+        logs.count("listDocument") > 0
+    })
+    .await;
     let health = http()
         .get(format!("http://{ops}/healthz"))
         .send()
@@ -400,19 +417,19 @@ async fn the_http_watch_api_checks_its_token_and_input_and_a_post_leads_to_a_web
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn coze_studio_pages_from_zero_and_a_big_knowledge_base_is_listed_whole() {
     // The processing document is on page 0: a client that paged from 1 would never see it.
     let mut docs = vec![doc(&id(300), 2, Outcome::Completed)];
     docs.extend((1..=250).map(|i| doc(&id(i), 0, Outcome::Completed)));
     let mut s = scenario(vec![(DS, docs)]);
     s.studio = true;
-    let (sim, rx, _work, mut d) = watch_whole(s, "  flavor: studio\n").await;
-    wait_until("the processing document", SECS(20), || {
+    let (sim, rx, d) = watch_whole(s, "  flavor: studio\n").await;
+    d.until("the processing document", SECS(20), |_| {
         !rx.requests().is_empty()
     })
     .await;
-    listings(&sim, 4).await;
+    listings(&d, &sim, 4).await;
     // 251 documents on pages 0..2 of 100; the terminal ones are the baseline.
     assert_eq!(received(&rx), [(id(300), "document.completed".to_string())]);
     d.stop().await;
@@ -471,7 +488,7 @@ async fn a_refused_reload_is_visible_in_status_and_metrics() {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_server_that_repeats_its_first_page_never_makes_the_listing_loop() {
     let mut docs = vec![doc(&id(300), 2, Outcome::Completed)];
     docs.extend((1..=250).map(|i| doc(&id(i), 0, Outcome::Completed)));
@@ -480,16 +497,19 @@ async fn a_server_that_repeats_its_first_page_never_makes_the_listing_loop() {
         repeat_pages: true,
         ..Faults::default()
     };
-    let (sim, rx, _work, mut d) = watch_whole(s, "").await;
-    wait_until("the document on the first page", SECS(20), || {
+    let (sim, rx, d) = watch_whole(s, "").await;
+    d.until("the document on the first page", SECS(20), |_| {
         !rx.requests().is_empty()
     })
     .await;
     let before = sim.stats().listings;
-    tokio::time::sleep(SECS(2)).await;
+    d.advance(SECS(60)).await;
     // One listing a second, each two pages at most (the second repeats the first and ends it).
-    let per_second = (sim.stats().listings - before) as f64 / 2.0;
-    assert!(per_second <= 4.0, "{per_second} listings a second");
+    let per_second = (sim.stats().listings - before) as f64 / 60.0;
+    assert!(
+        (0.5..=2.2).contains(&per_second),
+        "{per_second} listing requests a second"
+    );
     d.stop().await;
     sim.shutdown().await;
 }

@@ -1,5 +1,5 @@
-//! Webhook and exec notifiers end to end: the real binary, the simulator, a receiver on
-//! 127.0.0.1, real child processes and kill -9.
+//! Webhook and exec notifiers end to end: the simulator and a receiver on 127.0.0.1; webhook
+//! retry timing in-process on virtual time, child processes and kill -9 with the real binary.
 
 mod helper;
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use coze_watch::sim::Outcome;
 use helper::daemon::{Daemon, FAST_POLL, Workdir, watch};
+use helper::engine::{Extras, InProcess, Logs};
 use helper::receiver::{Receiver, Reply, reserve_port, verify, verify_request};
 use helper::{doc, scenario, start_sim, wait_until};
 use nix::sys::signal::Signal;
@@ -16,6 +17,10 @@ const DS: &str = "7400000000000000001";
 const A: &str = "7500000000000000001";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SECS: fn(u64) -> Duration = Duration::from_secs;
+const EVENTS: Extras = Extras {
+    events: true,
+    ops: false,
+};
 /// Fast retries for tests.
 const FAST_RETRY: &str = "{initial: 1s, max: 1s, multiplier: 1, max_attempts: 12, max_age: 1h}";
 
@@ -108,8 +113,9 @@ async fn three_500s_then_200_is_delivered_once_with_the_same_webhook_id() {
         watch(DS, &[A])
     );
     work.write_config(&sim.base_url(), FAST_POLL, &rest);
-    let d = helper::engine::InProcess::start_in(work, &sim).await;
-    wait_until("four attempts", SECS(20), || rx.requests().len() >= 4).await;
+    let d = InProcess::start_in(work, &sim).await;
+    d.until("four attempts", SECS(20), |_| rx.requests().len() >= 4)
+        .await;
     d.advance(Duration::from_secs(10)).await;
     let reqs = rx.requests();
     assert_eq!(reqs.len(), 4, "delivered once after three failures");
@@ -134,37 +140,34 @@ async fn three_500s_then_200_is_delivered_once_with_the_same_webhook_id() {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_429_retry_after_is_honoured() {
     let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
     let rx = Receiver::start(vec![Reply::RetryAfter(429, 3)]).await;
-    let work = Workdir::new();
     let rest = format!(
         "{}{}",
         hook("hook", &rx.url("/h"), FAST_RETRY),
         watch(DS, &[A])
     );
-    work.write_config(&sim.base_url(), FAST_POLL, &rest);
-    let mut d = Daemon::start(&work);
-    wait_until("the second attempt", SECS(20), || rx.requests().len() >= 2).await;
+    let d = InProcess::start(&sim, FAST_POLL, &rest).await;
+    d.until("the second attempt", SECS(20), |_| rx.requests().len() >= 2)
+        .await;
     let reqs = rx.requests();
-    assert!(
-        reqs[1].at - reqs[0].at >= SECS(3),
-        "{:?}",
-        reqs[1].at - reqs[0].at
-    );
+    let gap = reqs[1].at - reqs[0].at;
+    // retry.initial is 1 s: the answer's 3 s win.
+    assert!((SECS(3)..SECS(4)).contains(&gap), "{gap:?}");
     assert_eq!(reqs[1].answered, 200);
     d.stop().await;
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_410_or_400_or_a_redirect_makes_the_delivery_dead_without_retry() {
+    let logs = Logs::capture();
     let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
     let gone = Receiver::start(vec![Reply::Status(410)]).await;
     let bad = Receiver::start(vec![Reply::Status(400)]).await;
     let moved = Receiver::start(vec![Reply::Redirect("/elsewhere")]).await;
-    let work = Workdir::new();
     let rest = format!(
         "{}{}{}{}",
         hook("gone", &gone.url("/h"), FAST_RETRY),
@@ -172,10 +175,10 @@ async fn a_410_or_400_or_a_redirect_makes_the_delivery_dead_without_retry() {
         hook("moved", &moved.url("/h"), FAST_RETRY),
         watch(DS, &[A])
     );
-    work.write_config(&sim.base_url(), FAST_POLL, &rest);
-    let mut d = Daemon::start(&work);
-    d.wait_for_count("delivery is dead", 3, SECS(15)).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let d = InProcess::start(&sim, FAST_POLL, &rest).await;
+    d.until("three dead deliveries", SECS(15), |d| dead(d).len() == 3)
+        .await;
+    d.advance(SECS(60)).await;
     for rx in [&gone, &bad, &moved] {
         assert_eq!(rx.requests().len(), 1, "no retry");
     }
@@ -184,24 +187,53 @@ async fn a_410_or_400_or_a_redirect_makes_the_delivery_dead_without_retry() {
         "/h",
         "the redirect is not followed"
     );
-    let log = d.lines().join("\n");
-    assert!(log.contains("redirects are not followed"), "{log}");
+    let why: Vec<String> = dead(&d)
+        .into_iter()
+        .map(|r| format!("{}: {}", r.notifier, r.last_error.unwrap_or_default()))
+        .collect();
+    assert!(
+        why.iter()
+            .any(|w| w.starts_with("moved: ") && w.contains("redirects are not followed")),
+        "{why:?}"
+    );
+    assert_eq!(logs.count("delivery is dead"), 3);
     d.stop().await;
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The store's dead deliveries.
+fn dead(d: &InProcess) -> Vec<coze_watch::store::DeliveryRow> {
+    coze_watch::store::Store::open_read_only(&d.state_dir())
+        .unwrap()
+        .deliveries("dead", 100)
+        .unwrap()
+}
+
+/// The store's pending deliveries.
+fn pending(d: &InProcess) -> Vec<coze_watch::store::DeliveryRow> {
+    coze_watch::store::Store::open_read_only(&d.state_dir())
+        .unwrap()
+        .deliveries("pending", 100)
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_receiver_down_across_a_daemon_restart_gets_the_event_once() {
     let (sim, addr, work) = hook_not_listening_yet().await;
-    let mut d = Daemon::start(&work);
-    d.wait_for("delivery failed; will retry", SECS(15)).await;
-    d.stop().await;
+    let d = InProcess::launch(work, &sim, EVENTS).await;
+    d.until("a failed attempt", SECS(15), |d| {
+        pending(d).iter().any(|r| r.attempts >= 1)
+    })
+    .await;
+    let work = d.stop().await;
     let rx = Receiver::start_on(addr, vec![]).await;
-    let mut d = Daemon::start(&work);
-    wait_until("the delivery", SECS(15), || !rx.requests().is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let d = InProcess::launch(work, &sim, EVENTS).await;
+    d.until("the delivery", SECS(15), |_| !rx.requests().is_empty())
+        .await;
+    d.advance(SECS(60)).await;
     assert_eq!(rx.requests().len(), 1);
-    assert_eq!(d.count("document.completed"), 0, "not fired again");
+    assert!(d.events().is_empty(), "not fired again: {:?}", d.events());
+    assert!(pending(&d).is_empty());
     d.stop().await;
     rx.shutdown();
     sim.shutdown().await;
@@ -439,30 +471,28 @@ async fn a_failing_hook_is_retried_then_dead() {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_reload_that_removes_a_notifier_kills_its_pending_deliveries() {
     let sim = start_sim(scenario(vec![(DS, vec![doc(A, 1, Outcome::Completed)])])).await;
-    let work = Workdir::new();
     let url = format!("http://{}/h", reserve_port());
     let with_hook = format!("{}{}", hook("hook", &url, FAST_RETRY), watch(DS, &[A]));
-    work.write_config(&sim.base_url(), FAST_POLL, &with_hook);
-    let mut d = Daemon::start(&work);
-    d.wait_for("delivery failed; will retry", SECS(15)).await;
-    work.write_config(&sim.base_url(), FAST_POLL, &watch(DS, &[A]));
-    d.signal(Signal::SIGHUP);
-    d.wait_for("config reloaded", SECS(10)).await;
-    d.wait_for("notifier removed", SECS(5)).await;
-    let store = coze_watch::store::Store::open_read_only(&work.state_dir()).unwrap();
-    let dead = store.deliveries("dead", 10).unwrap();
+    let d = InProcess::start(&sim, FAST_POLL, &with_hook).await;
+    d.until("a failed attempt", SECS(15), |d| {
+        pending(d).iter().any(|r| r.attempts >= 1)
+    })
+    .await;
+    d.reload_with(&sim, FAST_POLL, &watch(DS, &[A])).await;
+    d.advance(SECS(1)).await;
+    let dead = dead(&d);
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].notifier, "hook");
     assert_eq!(dead[0].last_error.as_deref(), Some("notifier removed"));
-    assert!(store.deliveries("pending", 10).unwrap().is_empty());
+    assert!(pending(&d).is_empty());
     d.stop().await;
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_lost_store_refires_terminal_events_with_the_same_ids() {
     const B: &str = "7500000000000000002";
     const C: &str = "7500000000000000003";
@@ -476,13 +506,11 @@ async fn a_lost_store_refires_terminal_events_with_the_same_ids() {
     )]))
     .await;
     let rx = Receiver::start(vec![]).await;
-    let work = Workdir::new();
     let rest = format!(
         "{}{}",
         hook("hook", &rx.url("/h"), FAST_RETRY),
         watch(DS, &[A, B, C])
     );
-    work.write_config(&sim.base_url(), FAST_POLL, &rest);
     let ids = |from: usize| -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = rx.requests()[from..]
             .iter()
@@ -497,13 +525,14 @@ async fn a_lost_store_refires_terminal_events_with_the_same_ids() {
         v.sort();
         v
     };
-    let mut d = Daemon::start(&work);
-    wait_until("three deliveries", SECS(20), || rx.requests().len() == 3).await;
-    d.stop().await;
+    let d = InProcess::start(&sim, FAST_POLL, &rest).await;
+    d.until("three deliveries", SECS(20), |_| rx.requests().len() == 3)
+        .await;
+    let work = d.stop().await;
     let first = ids(0);
     std::fs::remove_dir_all(work.state_dir()).unwrap();
-    let mut d = Daemon::start(&work);
-    wait_until("three more deliveries", SECS(20), || {
+    let d = InProcess::start_in(work, &sim).await;
+    d.until("three more deliveries", SECS(20), |_| {
         rx.requests().len() == 6
     })
     .await;

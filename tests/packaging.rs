@@ -1,5 +1,6 @@
 //! Production packaging: the systemd unit, sd_notify, the ops endpoint, `status`,
-//! `deliveries` and JSON logs, against the real binary.
+//! `deliveries` and JSON logs, against the real binary; the ops endpoint's health and
+//! metrics as they move with time, in-process on virtual time.
 
 mod helper;
 
@@ -11,7 +12,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use coze_watch::sim::{Injection, Outcome};
+use coze_watch::tracker::Lifecycle;
 use helper::daemon::{Daemon, FAST_POLL, Workdir, watch};
+use helper::engine::{Extras, InProcess};
 use helper::receiver::{Receiver, Reply, reserve_port};
 use helper::{doc, http, scenario, start_sim, wait_until};
 use nix::sys::signal::Signal;
@@ -161,42 +164,56 @@ async fn sd_notify_says_ready_reloading_watchdog_and_stopping() {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// `GET /healthz` of an in-process daemon's ops endpoint: (status, body).
+async fn health(listen: std::net::SocketAddr) -> (u16, String) {
+    let r = http()
+        .get(format!("http://{listen}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Advances virtual time in 100 ms steps until `/healthz` answers `want`; its body.
+async fn health_turns(d: &InProcess, want: u16, limit: Duration) -> String {
+    let listen = d.ops.unwrap();
+    let mut waited = Duration::ZERO;
+    loop {
+        let (code, body) = health(listen).await;
+        if code == want {
+            return body;
+        }
+        assert!(
+            waited < limit,
+            "/healthz still {code} after {limit:?}: {body}"
+        );
+        d.advance(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+}
+
+const OPS: Extras = Extras {
+    events: false,
+    ops: true,
+};
+
+#[tokio::test(start_paused = true)]
 async fn healthz_turns_503_on_a_refused_token_and_back_to_200() {
     let sim = start_sim(scenario(vec![(DS, vec![doc(A, 600, Outcome::Completed)])])).await;
-    let (listen, _work, mut d) = with_ops_endpoint(&sim);
-    let health = || async {
-        let r = http()
-            .get(format!("http://{listen}/healthz"))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    };
-    d.wait_for("watching", SECS(10)).await;
-    wait_until("a first good poll", SECS(10), || sim.stats().ok >= 1).await;
-    assert_eq!(health().await.0, 200);
+    let rest = format!("http:\n  listen: 127.0.0.1:0\n{}", watch(DS, &[A]));
+    let d = InProcess::start_with(&sim, FAST_POLL, &rest, OPS).await;
+    d.until("a first good poll", SECS(10), |_| sim.stats().ok >= 1)
+        .await;
+    assert_eq!(health(d.ops.unwrap()).await.0, 200);
     let refuse = Injection::Status {
         http: 401,
         code: Some(4100),
         retry_after_secs: None,
     };
     sim.inject(vec![refuse.clone(), refuse.clone(), refuse]);
-    let deadline = Instant::now() + SECS(15);
-    let (code, body) = loop {
-        let (code, body) = health().await;
-        if code == 503 || Instant::now() > deadline {
-            break (code, body);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(code, 503);
+    let body = health_turns(&d, 503, SECS(15)).await;
     assert!(body.contains("API token refused"), "{body}");
-    let deadline = Instant::now() + SECS(20);
-    while health().await.0 != 200 {
-        assert!(Instant::now() < deadline, "never recovered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    health_turns(&d, 200, SECS(600)).await;
     d.stop().await;
     sim.shutdown().await;
 }
@@ -228,7 +245,7 @@ fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn metrics_parse_and_move_with_polls_and_deliveries() {
     let sim = start_sim(scenario(vec![(
         DS,
@@ -238,15 +255,15 @@ async fn metrics_parse_and_move_with_polls_and_deliveries() {
         ],
     )]))
     .await;
-    let listen = reserve_port();
-    let work = Workdir::new();
-    let rest = format!("http:\n  listen: {listen}\n{}", watch(DS, &[A, B]));
-    work.write_config(&sim.base_url(), FAST_POLL, &rest);
-    let mut d = Daemon::start(&work);
+    let rest = format!("http:\n  listen: 127.0.0.1:0\n{}", watch(DS, &[A, B]));
+    let d = InProcess::start_with(&sim, FAST_POLL, &rest, OPS).await;
+    let listen = d.ops.unwrap();
     let scrape = || async { parse_prometheus(&helper::metrics_text(listen).await) };
-    d.wait_for(&format!("document.completed {A}"), SECS(15))
-        .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.until("A completed", SECS(15), |d| {
+        d.document(DS, A).unwrap().state == Lifecycle::Completed
+    })
+    .await;
+    d.advance(Duration::from_millis(300)).await;
     let first = scrape().await;
     let polls = |m: &BTreeMap<String, f64>| {
         m.get("coze_watch_polls_total{result=\"ok\"}")
@@ -266,12 +283,15 @@ async fn metrics_parse_and_move_with_polls_and_deliveries() {
     assert_eq!(first["coze_watch_documents{state=\"watching\"}"], 1.0);
     assert_eq!(first["coze_watch_outbox_pending"], 0.0);
     assert_eq!(first["coze_watch_healthy"], 1.0);
-    assert!(first["coze_watch_api_requests_total"] >= 2.0);
-    wait_until("another poll", SECS(15), || {
+    assert_eq!(
+        first["coze_watch_api_requests_total"],
+        sim.stats().requests as f64
+    );
+    d.until("another poll", SECS(15), |_| {
         sim.stats().requests as f64 > first["coze_watch_api_requests_total"]
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    d.advance(Duration::from_millis(200)).await;
     let second = scrape().await;
     assert!(polls(&second) > polls(&first), "polls did not move");
     d.stop().await;
@@ -325,7 +345,12 @@ async fn status_json_matches_what_happened_and_changes_no_file() {
     d.wait_for(&format!("document.completed {A}"), SECS(15))
         .await;
     d.wait_for(&format!("document.failed {B}"), SECS(15)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("both events delivered", SECS(10), || {
+        coze_watch::store::Store::open_read_only(&work.state_dir())
+            .and_then(|s| s.outbox_depth())
+            .is_ok_and(|(pending, _)| pending == 0)
+    })
+    .await;
 
     let before = listing(&work.state_dir());
     let out = cli(&work, &["status", "--json"]).await;

@@ -71,7 +71,9 @@ fn created_lines(o: &Output) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_three_files_take_three_requests_and_wait_reports_the_outcome() {
-    let sim = start_sim(scenario(vec![(DS, vec![])])).await;
+    let mut s = scenario(vec![(DS, vec![])]);
+    s.create_duration = Duration::from_secs(1);
+    let sim = start_sim(s).await;
     let dir = tempfile::tempdir().unwrap();
     let paths = files(dir.path(), &numbered(23));
     let args: Vec<&str> = paths.iter().map(String::as_str).collect();
@@ -236,8 +238,8 @@ async fn wait_all_waits_for_the_documents_processing_when_it_starts() {
     let sim = start_sim(scenario(vec![(
         DS,
         vec![
-            doc("7500000000000000001", 2, Outcome::Completed),
-            doc("7500000000000000002", 3, Outcome::Failed),
+            doc("7500000000000000001", 1, Outcome::Completed),
+            doc("7500000000000000002", 2, Outcome::Failed),
         ],
     )]))
     .await;
@@ -250,8 +252,7 @@ async fn wait_all_waits_for_the_documents_processing_when_it_starts() {
         "{}",
         out(&o)
     );
-    // Later, nothing is processing: done at once.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Both are terminal now: nothing is processing, done at once.
     let o = wait_all(&sim, &[]).await;
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
     assert!(
@@ -301,10 +302,12 @@ async fn upload_watch_hands_a_batch_to_the_daemon_and_it_completes_once_across_a
         !rx.requests().is_empty()
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing fires again: not on the polls that follow, not at the next start.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     d.stop().await;
     let mut again = Daemon::start(&work);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    again.wait_for("watching", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     again.stop().await;
     let reqs = rx.requests();
     assert_eq!(reqs.len(), 1, "once, across restarts");

@@ -42,7 +42,7 @@ fn stderr(o: &Output) -> String {
 async fn exit_0_when_every_document_completes_with_a_line_per_change() {
     let sim = start_sim(scenario(vec![(
         DS,
-        vec![doc(A, 1, Outcome::Completed), doc(B, 3, Outcome::Completed)],
+        vec![doc(A, 1, Outcome::Completed), doc(B, 2, Outcome::Completed)],
     )]))
     .await;
     let out = run(&sim, &[DS, A, B]).await;
@@ -91,7 +91,12 @@ async fn exit_3_on_timeout_and_1_wins_over_3() {
         vec![doc(A, 600, Outcome::Completed), doc(B, 1, Outcome::Failed)],
     )]))
     .await;
-    let out = run(&sim, &[DS, A, "--timeout", "2s"]).await;
+    // Three independent runs, side by side.
+    let (out, quiet, both) = tokio::join!(
+        run(&sim, &[DS, A, "--timeout", "2s"]),
+        run(&sim, &[DS, A, "--timeout", "1s", "--quiet"]),
+        run(&sim, &[DS, A, B, "--timeout", "3s"]),
+    );
     assert_eq!(out.status.code(), Some(3));
     let err = stderr(&out);
     assert!(
@@ -100,28 +105,28 @@ async fn exit_3_on_timeout_and_1_wins_over_3() {
         )),
         "{err}"
     );
-    let quiet = run(&sim, &[DS, A, "--timeout", "1s", "--quiet"]).await;
     assert_eq!(quiet.status.code(), Some(3));
     assert!(stderr(&quiet).is_empty(), "{}", stderr(&quiet));
-    let out = run(&sim, &[DS, A, B, "--timeout", "4s"]).await;
-    assert_eq!(out.status.code(), Some(1), "a failure and a timeout: 1");
+    assert_eq!(both.status.code(), Some(1), "a failure and a timeout: 1");
     sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_4_when_the_token_is_refused_or_the_dataset_is_unknown() {
     let sim = start_sim(scenario(vec![(DS, vec![doc(A, 60, Outcome::Completed)])])).await;
-    let out = wait_cmd(&sim, Some("pat_WRONG"), &[DS, A])
-        .output()
-        .await
-        .unwrap();
+    // Both runs side by side.
+    let (refused, unknown) = tokio::join!(
+        wait_cmd(&sim, Some("pat_WRONG"), &[DS, A]).output(),
+        run(&sim, &["7400000000000000999", A])
+    );
+    let out = refused.unwrap();
     assert_eq!(out.status.code(), Some(4));
     let err = stderr(&out);
     assert!(err.contains("unusable"), "{err}");
     assert!(err.contains("coze.cn token against api.coze.com"), "{err}");
     assert!(!err.contains("pat_WRONG"), "{err}");
     assert!(sim.stats().unauthorized >= 2, "retried before giving up");
-    let out = run(&sim, &["7400000000000000999", A]).await;
+    let out = unknown;
     assert_eq!(out.status.code(), Some(4));
     assert!(
         stderr(&out).contains("dataset not found"),
@@ -135,7 +140,22 @@ async fn exit_4_when_the_token_is_refused_or_the_dataset_is_unknown() {
 async fn an_unreachable_api_and_unknown_ids_are_said_at_once() {
     let sim = start_sim(scenario(vec![(DS, vec![doc(A, 600, Outcome::Completed)])])).await;
     let unknown = "7500000000000000777";
-    let out = run(&sim, &[DS, A, unknown, "--timeout", "3s"]).await;
+    let closed = helper::receiver::reserve_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coze-watch"));
+    cmd.args([
+        "wait",
+        DS,
+        A,
+        "--timeout",
+        "3s",
+        "--base-url",
+        &format!("http://{closed}"),
+    ])
+    .env_clear()
+    .env("COZE_API_TOKEN", sim.token());
+    // Both runs side by side.
+    let args = [DS, A, unknown, "--timeout", "3s"];
+    let (out, unreachable) = tokio::join!(run(&sim, &args), cmd.output());
     assert_eq!(out.status.code(), Some(3));
     let err = stderr(&out);
     assert!(
@@ -149,22 +169,7 @@ async fn an_unreachable_api_and_unknown_ids_are_said_at_once() {
         1,
         "once a minute: {err}"
     );
-    let closed = helper::receiver::reserve_port();
-    let out = Command::new(env!("CARGO_BIN_EXE_coze-watch"))
-        .args([
-            "wait",
-            DS,
-            A,
-            "--timeout",
-            "3s",
-            "--base-url",
-            &format!("http://{closed}"),
-        ])
-        .env_clear()
-        .env("COZE_API_TOKEN", sim.token())
-        .output()
-        .await
-        .unwrap();
+    let out = unreachable.unwrap();
     assert_eq!(out.status.code(), Some(3));
     let err = stderr(&out);
     assert!(
@@ -299,7 +304,7 @@ async fn progress_bars_are_drawn_on_a_terminal() {
     }
     let sim = start_sim(scenario(vec![(
         DS,
-        vec![doc(A, 1, Outcome::Completed), doc(B, 3, Outcome::Completed)],
+        vec![doc(A, 1, Outcome::Completed), doc(B, 2, Outcome::Completed)],
     )]))
     .await;
     let inner = format!(

@@ -82,6 +82,7 @@ impl InProcess {
         if !token_path(&work).exists() {
             std::fs::write(token_path(&work), format!("{}\n", sim.token())).unwrap();
         }
+        use_token_file(&work);
         let loaded = config::load(&work.config_path(), &config::process_env, Mode::Strict)
             .unwrap_or_else(|d| panic!("config: {:?}", d.errors));
         let shutdown = CancellationToken::new();
@@ -214,14 +215,17 @@ fn token_path(work: &Workdir) -> PathBuf {
 /// The test config of [`Workdir::write_config`] with the token read from a file.
 pub fn write_config(work: &Workdir, sim: &SimHandle, poll: &str, rest: &str) {
     work.write_config(&sim.base_url(), poll, rest);
-    let text = std::fs::read_to_string(work.config_path())
-        .unwrap()
-        .replacen(
-            "api:\n",
-            &format!("api:\n  token_file: {}\n", token_path(work).display()),
-            1,
-        );
-    std::fs::write(work.config_path(), text).unwrap();
+    use_token_file(work);
+}
+
+/// Points the config's `api` at the token file beside it (unless it names one already).
+fn use_token_file(work: &Workdir) {
+    let text = std::fs::read_to_string(work.config_path()).unwrap();
+    if text.contains("token_file:") {
+        return;
+    }
+    let line = format!("api:\n  token_file: {}\n", token_path(work).display());
+    std::fs::write(work.config_path(), text.replacen("api:\n", &line, 1)).unwrap();
 }
 
 /// A notifier that keeps what it is handed.
