@@ -136,6 +136,9 @@ async fn three_500s_then_200_is_delivered_once_with_the_same_webhook_id() {
             "retry.initial is 1s"
         );
     }
+    // Each attempt is stamped by the daemon's one clock: three 1 s retries, 3 s apart or more.
+    let stamp = |i: usize| reqs[i].header("webhook-timestamp").parse::<i64>().unwrap();
+    assert!(stamp(3) - stamp(0) >= 3, "{} -> {}", stamp(0), stamp(3));
     d.stop().await;
     sim.shutdown().await;
 }

@@ -149,7 +149,7 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
     let extra = std::mem::take(&mut ctx.extra_notifiers);
     let (dispatcher, dispatch) = Dispatcher::new(
         store.clone(),
-        notifiers(&config, &extra),
+        notifiers(&config, &extra, ctx.clock),
         metrics.clone(),
         ctx.clock,
     );
@@ -218,10 +218,14 @@ impl From<&Config> for Policies {
 }
 
 /// The notifier set of a config, plus the program's own.
-fn notifiers(config: &Config, extra: &[ExtraNotifier]) -> Vec<Arc<dyn Notifier>> {
+fn notifiers(
+    config: &Config,
+    extra: &[ExtraNotifier],
+    clock: crate::wall::Clock,
+) -> Vec<Arc<dyn Notifier>> {
     let mut out: Vec<Arc<dyn Notifier>> = Vec::new();
     for n in &config.notifiers {
-        match crate::notify::build(n) {
+        match crate::notify::build(n, clock) {
             Ok(built) => out.push(built),
             Err(e) => {
                 tracing::warn!(notifier = %n.name, error = %e, "notifier not started; its events are not queued")

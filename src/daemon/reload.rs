@@ -85,7 +85,7 @@ impl Engine {
         self.rebuild_watch_list();
         self.policy = Policies::from(&self.config);
         self.dispatch
-            .set_notifiers(notifiers(&self.config, &self.extra));
+            .set_notifiers(notifiers(&self.config, &self.extra, self.clock));
         self.sweep_removed_notifiers().await;
         self.resync(false).await;
         self.record_reload(None).await;

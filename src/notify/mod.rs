@@ -30,12 +30,20 @@ use std::sync::Arc;
 use crate::config::{NotifierConfig, NotifierKind};
 
 /// Builds the notifier a config entry describes.
-pub fn build(config: &NotifierConfig) -> Result<Arc<dyn Notifier>, crate::http::BuildError> {
+/// A notifier from its config; `clock` stamps what it sends (the run's one clock).
+pub fn build(
+    config: &NotifierConfig,
+    clock: crate::wall::Clock,
+) -> Result<Arc<dyn Notifier>, crate::http::BuildError> {
     let name = config.name.clone();
     match &config.kind {
         NotifierKind::Log => Ok(Arc::new(log::LogNotifier::new(name))),
         NotifierKind::Exec(e) => Ok(Arc::new(exec::ExecNotifier::new(name, e.clone()))),
-        NotifierKind::Webhook(w) => Ok(Arc::new(webhook::WebhookNotifier::new(name, w.clone())?)),
+        NotifierKind::Webhook(w) => Ok(Arc::new(webhook::WebhookNotifier::new(
+            name,
+            w.clone(),
+            clock,
+        )?)),
     }
 }
 

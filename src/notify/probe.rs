@@ -39,10 +39,11 @@ pub async fn send_test(config: &Config, name: &str) -> Result<(EventId, Outcome)
             },
         });
     };
-    let notifier = super::build(entry).map_err(|source| ProbeError::Build {
-        name: name.to_string(),
-        source,
-    })?;
+    let notifier =
+        super::build(entry, crate::wall::Clock::system()).map_err(|source| ProbeError::Build {
+            name: name.to_string(),
+            source,
+        })?;
     let body = EventBody::test_event(UnixMs::now());
     let job = Job {
         event_id: body.data.event_id.clone(),

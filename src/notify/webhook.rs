@@ -19,6 +19,7 @@ use super::{BoxFuture, Job, Notifier, Outcome, chat};
 use crate::config::{RetryPolicy, WebhookConfig};
 use crate::http;
 use crate::secret::Secret;
+use crate::wall::Clock;
 use crate::window::Throttle;
 
 /// How much of a failing answer's body goes into the error message.
@@ -31,10 +32,16 @@ pub struct WebhookNotifier {
     http: reqwest::Client,
     /// Chat formats only: `max_per_minute`. A std mutex, never held across an await.
     throttle: Option<Mutex<Throttle>>,
+    /// The run's one clock: the signatures' timestamps.
+    clock: Clock,
 }
 
 impl WebhookNotifier {
-    pub fn new(name: impl Into<String>, config: WebhookConfig) -> Result<Self, http::BuildError> {
+    pub fn new(
+        name: impl Into<String>,
+        config: WebhookConfig,
+        clock: Clock,
+    ) -> Result<Self, http::BuildError> {
         let http = http::client_builder()
             .timeout(config.timeout)
             .build()
@@ -57,6 +64,7 @@ impl WebhookNotifier {
             key,
             http,
             throttle,
+            clock,
         })
     }
 
@@ -74,7 +82,7 @@ impl WebhookNotifier {
             self.config.url.expose(),
             text,
             secret,
-            crate::wall::UnixMs::now().0,
+            self.clock.wall().0,
         );
         self.with_throttle(|t| t.record(tokio::time::Instant::now()));
         let response = match self.post(self.http.post(url).json(&body)).await {
@@ -112,7 +120,7 @@ impl WebhookNotifier {
     }
 
     async fn send(&self, job: &Job) -> Outcome {
-        let timestamp = crate::wall::UnixMs::now().0 / 1000;
+        let timestamp = self.clock.wall().0 / 1000;
         let mut request = self
             .http
             .post(self.config.url.expose().clone())
