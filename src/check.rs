@@ -50,7 +50,15 @@ pub fn render_summary(c: &Config) -> (String, Option<String>) {
             c.discovery_requests_per_day()
         ));
     }
-    out.push_str(&format!("state dir:  {}\n", c.state.dir.display()));
+    match &c.state.postgres {
+        Some(pg) => out.push_str(&format!(
+            "store:      PostgreSQL {} (password {}; lease {})\n",
+            pg.url,
+            if pg.password.is_some() { "set" } else { "none" },
+            humantime::format_duration(c.state.lease_ttl)
+        )),
+        None => out.push_str(&format!("state dir:  {}\n", c.state.dir.display())),
+    }
     let (capped, uncapped) = c.worst_case_requests_per_day();
     let mut line = format!("worst case: {capped} requests/day");
     if uncapped > capped {

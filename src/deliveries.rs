@@ -3,9 +3,7 @@
 //! Works on the running daemon's store (SQLite serialises the writers) and then tells the
 //! daemon (SIGUSR1) to look at its outbox at once. Never delivers anything itself.
 
-use std::path::Path;
-
-use crate::store::{self, DeliveryRow, Store, StoreError};
+use crate::store::{self, DeliveryRow, Location, Store, StoreError};
 use crate::wall::UnixMs;
 
 /// The most dead deliveries listed.
@@ -30,9 +28,9 @@ pub struct Report {
     pub dead: Vec<DeliveryRow>,
 }
 
-/// Applies `action` to the store in `dir`, nudges a running daemon, and lists what is dead.
-pub fn run(dir: &Path, action: &Action) -> Result<Report, StoreError> {
-    let store = Store::open_existing(dir)?;
+/// Applies `action` to the store at `at`, nudges a running daemon, and lists what is dead.
+pub fn run(at: &Location, action: &Action) -> Result<Report, StoreError> {
+    let store = Store::open_existing_at(at)?;
     let now = UnixMs::now();
     let changed = match action {
         Action::List => None,
@@ -50,6 +48,7 @@ pub fn run(dir: &Path, action: &Action) -> Result<Report, StoreError> {
         )),
     };
     if changed.is_some()
+        && let Location::Dir(dir) = at
         && let Some(pid) = store::daemon_pid(dir)
     {
         // Best effort: the daemon also looks at its outbox on its own schedule.

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
             let target = if args.watch {
                 match load_for_inspection(&args.config) {
                     Ok(c) => Some(coze_watch::upload::WatchTarget {
-                        state_dir: c.state.dir.clone(),
+                        store: coze_watch::store::Location::of(&c.state),
                         notifiers: c.notifiers.iter().map(|n| n.name.clone()).collect(),
                     }),
                     Err(code) => return code,
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
             Ok(c) => {
                 let names: Vec<String> = c.notifiers.iter().map(|n| n.name.clone()).collect();
                 ExitCode::from(coze_watch::runtime::cli::run(
-                    &c.state.dir,
+                    &coze_watch::store::Location::of(&c.state),
                     &names,
                     &command,
                 ))
@@ -249,7 +249,7 @@ fn deliveries(args: &DeliveriesArgs) -> ExitCode {
         (_, _, false) => Action::Drop(args.drop.clone()),
         _ => Action::List,
     };
-    match deliveries::run(&config.state.dir, &action) {
+    match deliveries::run(&coze_watch::store::Location::of(&config.state), &action) {
         Ok(report) => {
             print!("{}", deliveries::render_text(&report));
             ExitCode::SUCCESS

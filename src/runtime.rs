@@ -245,13 +245,12 @@ mod tests {
 
 /// `coze-watch watch`: the run-time watch list from the command line.
 pub mod cli {
-    use std::path::Path;
 
     use clap::{Args, Subcommand};
 
     use super::{AddRequest, EntryView, InputError};
     use crate::exit;
-    use crate::store::{self, Store, StoreError};
+    use crate::store::{self, Location, Store, StoreError};
     use crate::wall::UnixMs;
 
     #[derive(Subcommand)]
@@ -299,10 +298,10 @@ pub mod cli {
         pub batch: Option<String>,
     }
 
-    /// Runs a `watch` command on the store in `dir`; returns the exit code (78 for bad input,
+    /// Runs a `watch` command on the store at `at`; returns the exit code (78 for bad input,
     /// 65 for an unusable store).
-    pub fn run(dir: &Path, notifiers: &[String], cmd: &WatchCommand) -> u8 {
-        match apply(dir, notifiers, cmd) {
+    pub fn run(at: &Location, notifiers: &[String], cmd: &WatchCommand) -> u8 {
+        match apply(at, notifiers, cmd) {
             Ok(text) => {
                 print!("{text}");
                 exit::OK
@@ -329,7 +328,7 @@ pub mod cli {
         }
     }
 
-    fn apply(dir: &Path, notifiers: &[String], cmd: &WatchCommand) -> Result<String, Failure> {
+    fn apply(at: &Location, notifiers: &[String], cmd: &WatchCommand) -> Result<String, Failure> {
         let text = match cmd {
             WatchCommand::Add(a) => {
                 let mut labels = std::collections::BTreeMap::new();
@@ -345,7 +344,7 @@ pub mod cli {
                     notify: (!a.notify.is_empty()).then(|| a.notify.clone()),
                     batch: a.batch.clone(),
                 };
-                let (added, asked) = add_entries(dir, notifiers, &req)?;
+                let (added, asked) = add_entries(at, notifiers, &req)?;
                 format!(
                     "added {added} run-time watch entries ({} already there)\n",
                     asked - added
@@ -357,15 +356,15 @@ pub mod cli {
             } => {
                 let (ds, docs) =
                     super::validate_remove(dataset_id, document_ids).map_err(Failure::Input)?;
-                let removed = Store::open(dir)?.remove_watch_entries(&ds, docs.as_deref())?;
-                nudge(dir);
+                let removed = Store::open_at(at)?.remove_watch_entries(&ds, docs.as_deref())?;
+                nudge(at);
                 format!("removed {removed} run-time watch entries\n")
             }
             WatchCommand::List { json } => {
-                let entries = match Store::open_read_only(dir) {
+                let entries = match Store::open_read_only_at(at) {
                     Ok(s) => s.watch_entries()?,
                     // No store yet: nothing was ever added.
-                    Err(StoreError::Dir { .. }) if !dir.join(store::DB_FILE).exists() => Vec::new(),
+                    Err(StoreError::Dir { .. }) if never_written(at) => Vec::new(),
                     Err(e) => return Err(e.into()),
                 };
                 if *json {
@@ -385,20 +384,29 @@ pub mod cli {
 
     /// Validates `req`, stores its entries and tells a running daemon. Returns (added, asked).
     fn add_entries(
-        dir: &Path,
+        at: &Location,
         notifiers: &[String],
         req: &AddRequest,
     ) -> Result<(usize, usize), Failure> {
         let entries = super::validate_add(req, notifiers, UnixMs::now()).map_err(Failure::Input)?;
-        let added = Store::open(dir)?.add_watch_entries(&entries)?;
-        nudge(dir);
+        let added = Store::open_at(at)?.add_watch_entries(&entries)?;
+        nudge(at);
         Ok((added, entries.len()))
+    }
+
+    /// No store was ever created at `at` (an SQLite file that does not exist; a PostgreSQL
+    /// database without our tables says so through `open_read_only_at`'s `Dir` error).
+    fn never_written(at: &Location) -> bool {
+        match at {
+            Location::Dir(dir) => !dir.join(store::DB_FILE).exists(),
+            Location::Postgres(_) => true,
+        }
     }
 
     /// `watch add` for other commands (`upload --watch`): the entries added, or the error in
     /// words.
-    pub fn add(dir: &Path, notifiers: &[String], req: &AddRequest) -> Result<usize, String> {
-        add_entries(dir, notifiers, req)
+    pub fn add(at: &Location, notifiers: &[String], req: &AddRequest) -> Result<usize, String> {
+        add_entries(at, notifiers, req)
             .map(|(added, _)| added)
             .map_err(|f| match f {
                 Failure::Input(e) => e.to_string(),
@@ -406,8 +414,12 @@ pub mod cli {
             })
     }
 
-    /// Tells a running daemon to read the run-time watch list now (SIGUSR1).
-    fn nudge(dir: &Path) {
+    /// Tells a running daemon to read the run-time watch list now (SIGUSR1). Daemons on
+    /// PostgreSQL read it again every few seconds by themselves.
+    fn nudge(at: &Location) {
+        let Location::Dir(dir) = at else {
+            return;
+        };
         if let Some(pid) = store::daemon_pid(dir) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),

@@ -129,7 +129,7 @@ pub fn one_line(text: &str, max: usize) -> String {
 /// `coze-watch status [--json]`: opens the store of `config` read-only and renders what it
 /// knows, as JSON or as the table.
 pub fn show(config: &crate::config::Config, json: bool) -> Result<String, StoreError> {
-    let store = Store::open_read_only(&config.state.dir)?;
+    let store = Store::open_read_only_at(&crate::store::Location::of(&config.state))?;
     let report = snapshot(&store, Some(&config.watch), UnixMs::now())?;
     Ok(if json {
         // Plain strings and numbers: serializing cannot fail; an empty object if it ever did.

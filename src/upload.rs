@@ -337,9 +337,9 @@ async fn create(client: &CozeClient, dataset: &DatasetId, body: &serde_json::Val
     }
 }
 
-/// Where `--watch` puts the run-time entry: the config's state dir and notifier names.
+/// Where `--watch` puts the run-time entry: the config's store and notifier names.
 pub struct WatchTarget {
-    pub state_dir: PathBuf,
+    pub store: crate::store::Location,
     pub notifiers: Vec<String>,
 }
 
@@ -402,7 +402,14 @@ pub async fn command(
             batch: args.batch.clone(),
             ..Default::default()
         };
-        match crate::runtime::cli::add(&target.state_dir, &target.notifiers, &req) {
+        // The store's calls block (a PostgreSQL round trip, an SQLite write): not on the
+        // runtime's thread.
+        let (store, notifiers) = (target.store.clone(), target.notifiers.clone());
+        let added =
+            tokio::task::spawn_blocking(move || crate::runtime::cli::add(&store, &notifiers, &req))
+                .await
+                .unwrap_or_else(|e| Err(format!("the store task failed: {e}")));
+        match added {
             Ok(n) => report.watched = Some(n),
             Err(e) => {
                 eprintln!("error: cannot hand the documents to the daemon: {e}");

@@ -28,10 +28,13 @@ fn sources() -> Vec<(String, String)> {
 }
 
 #[test]
-fn only_the_store_mentions_rusqlite() {
+fn only_the_store_mentions_the_database_drivers() {
     let offenders: Vec<String> = sources()
         .into_iter()
-        .filter(|(path, text)| !path.starts_with("src/store/") && text.contains("rusqlite"))
+        .filter(|(path, text)| {
+            !path.starts_with("src/store/")
+                && (text.contains("rusqlite") || text.contains("postgres::"))
+        })
         .map(|(path, _)| path)
         .collect();
     assert!(

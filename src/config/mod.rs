@@ -309,8 +309,30 @@ impl BackoffConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateConfig {
+    /// The SQLite store's directory (unused with `postgres`).
     pub dir: PathBuf,
     pub retention: Duration,
+    /// `state.url`: the store is this PostgreSQL database, shared by every instance.
+    pub postgres: Option<PostgresConfig>,
+    /// How long a leader's lease lasts unless renewed (renewed every third of it).
+    pub lease_ttl: Duration,
+}
+
+/// A PostgreSQL store: the URL (never with a password) and the password, from
+/// `state.password_file` or `$PGPASSWORD`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    pub url: url::Url,
+    pub password: Option<Secret>,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &self.url.as_str())
+            .field("password", &self.password)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

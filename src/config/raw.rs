@@ -77,6 +77,10 @@ pub struct RawBackoff {
 pub struct RawState {
     pub dir: Option<String>,
     pub retention: Option<RawDuration>,
+    /// `postgres://user@host:port/db?sslmode=..`: a PostgreSQL store instead of SQLite.
+    pub url: Option<String>,
+    pub password_file: Option<String>,
+    pub lease_ttl: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

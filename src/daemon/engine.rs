@@ -17,7 +17,8 @@ use tokio::time::Instant;
 use super::discovery::{Discovery, DiscoveryResult};
 use super::persist::{Hot, Recent, worth_storing};
 use super::{
-    ExtraNotifier, NEVER, PRUNE_EVERY, Policies, RunContext, SHUTDOWN_GRACE, sd_notify_state,
+    ExtraNotifier, NEVER, PRUNE_EVERY, Policies, RunContext, SHARED_STORE_REFRESH, SHUTDOWN_GRACE,
+    sd_notify_state,
 };
 use crate::config::{Config, WatchList};
 use crate::coze::{ApiError, CozeClient};
@@ -135,7 +136,12 @@ impl Engine {
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let ping = tokio::time::sleep(watchdog.unwrap_or(NEVER));
         let due = tokio::time::sleep(NEVER);
-        tokio::pin!(prune, ping, due);
+        // A shared (PostgreSQL) store has no local pid to signal: `watch add/remove` and
+        // `deliveries --retry` from any machine are read back on this pace.
+        let shared = self.config.state.postgres.is_some();
+        let every = if shared { SHARED_STORE_REFRESH } else { NEVER };
+        let refresh = tokio::time::sleep(every);
+        tokio::pin!(prune, ping, due, refresh);
         let mut due_at: Option<Instant> = None;
         loop {
             ctx.wakeups.fetch_add(1, Ordering::Relaxed);
@@ -201,6 +207,11 @@ impl Engine {
                 _ = &mut prune => {
                     self.prune().await;
                     prune.as_mut().reset(Instant::now() + PRUNE_EVERY);
+                }
+                _ = &mut refresh, if shared => {
+                    self.dispatch.wake();
+                    self.refresh_runtime().await;
+                    refresh.as_mut().reset(Instant::now() + every);
                 }
             }
         }

@@ -36,7 +36,7 @@ use crate::metrics::Metrics;
 use crate::notify::{Dispatcher, Notifier};
 use crate::ops::OpsState;
 use crate::schedule::SchedulePolicy;
-use crate::store::{DirLock, Store, StoreError, StoreHandle};
+use crate::store::{DirLock, Location, Store, StoreError, StoreHandle};
 use crate::tracker::TrackerPolicy;
 use engine::Engine;
 
@@ -44,6 +44,9 @@ use engine::Engine;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often old event bodies are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often a daemon on a shared (PostgreSQL) store reads the run-time watch list and the
+/// outbox again by itself.
+const SHARED_STORE_REFRESH: Duration = Duration::from_secs(5);
 /// A deadline that never comes (a timer with nothing to wait for).
 const NEVER: Duration = Duration::from_secs(365 * 86_400);
 
@@ -99,10 +102,16 @@ pub struct RunContext {
 
 /// Runs the daemon until `ctx.shutdown`; returns after in-flight work had its grace period.
 pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError> {
-    let dir = config.state.dir.clone();
+    let at = Location::of(&config.state);
+    let opening = at.clone();
     let (lock, store) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-        let lock = DirLock::acquire(&dir)?;
-        let store = Store::open(&dir)?;
+        // SQLite: one instance per state directory. PostgreSQL: instances share the database.
+        let lock = match &opening {
+            Location::Dir(dir) => Some(DirLock::acquire(dir)?),
+            Location::Postgres(_) => None,
+        };
+        let store = Store::open_at(&opening)?;
+        store.lock_instance()?;
         Ok((lock, store))
     })
     .await
@@ -111,7 +120,7 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
         source: std::io::Error::other(e.to_string()),
     })??;
     tracing::info!(store = %store.path().display(), "store open");
-    let store = StoreHandle::new(store);
+    let store = StoreHandle::new(store, at.clone());
     let client = CozeClient::new(ClientSettings::from(&config.api))?;
     let metrics = Arc::new(Metrics::new());
     let watch = Arc::new(RwLock::new(config.watch.clone()));
@@ -171,9 +180,7 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
     sd_notify_state(&[sd_notify::NotifyState::Ready]);
     // Checks after READY, beside the run loop: not needed to start polling, and a damaged
     // page still stops the daemon (exit 65) within a fraction of a second.
-    let verify_dir = engine.config.state.dir.clone();
-    let mut verify =
-        tokio::task::spawn_blocking(move || Store::open_read_only(&verify_dir)?.verify());
+    let mut verify = tokio::task::spawn_blocking(move || Store::open_read_only_at(&at)?.verify());
     engine.prune().await;
     tracing::info!(
         datasets = engine.watch_list.datasets.len(),

@@ -112,7 +112,8 @@ impl Dir {
         )
         .unwrap()
         .config;
-        let store = StoreHandle::new(Store::open(&config.state.dir).unwrap());
+        let at = crate::store::Location::of(&config.state);
+        let store = StoreHandle::new(Store::open_at(&at).unwrap(), at);
         let metrics = Arc::new(Metrics::new());
         let clock = self.clock;
         let (_dispatcher, dispatch) =

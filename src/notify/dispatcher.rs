@@ -513,7 +513,8 @@ mod tests {
             notifiers: vec!["gated".into()],
         };
         store.commit(&[], &[event], None, UnixMs::now()).unwrap();
-        (dir, StoreHandle::new(store))
+        let at = crate::store::Location::Dir(dir.path().to_path_buf());
+        (dir, StoreHandle::new(store, at))
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::documents::{INSERT_NEW_DOCUMENT, put_document};
-use super::{Store, StoreError, classify};
+use super::{SqliteStore, StoreError, classify};
 use crate::discover::{KbState, Scope, ScopeState, Skip};
 use crate::ids::{DatasetId, DocumentId};
 use crate::tracker::DocState;
@@ -94,7 +94,28 @@ impl From<ScopeRow> for ScopeState {
     }
 }
 
-impl Store {
+/// A scope's `data` column.
+pub(super) fn encode_scope(state: &ScopeState) -> String {
+    serde_json::to_string(&ScopeRow::from(state)).unwrap_or_else(|_| "{}".into())
+}
+
+/// A scope from its columns (`None`: a key this build does not know); `Corrupt` names it.
+pub(super) fn decode_scope(
+    key: &str,
+    data: &str,
+    path: &std::path::Path,
+) -> Result<Option<(Scope, ScopeState)>, StoreError> {
+    let Some(scope) = Scope::parse(key) else {
+        return Ok(None);
+    };
+    let row: ScopeRow = serde_json::from_str(data).map_err(|e| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("discovery state of {key}: {e}"),
+    })?;
+    Ok(Some((scope, ScopeState::from(row))))
+}
+
+impl SqliteStore {
     /// Every scope discovery has seen, by scope.
     /// A store older than schema 3 (opened read-only by `status` before a daemon migrated it)
     /// has none: empty.
@@ -112,14 +133,9 @@ impl Store {
         let mut out = HashMap::new();
         for row in rows {
             let (key, data) = row.map_err(|e| self.err(e))?;
-            let Some(scope) = Scope::parse(&key) else {
-                continue;
-            };
-            let row: ScopeRow = serde_json::from_str(&data).map_err(|e| StoreError::Corrupt {
-                path: self.path().to_path_buf(),
-                detail: format!("discovery state of {key}: {e}"),
-            })?;
-            out.insert(scope, ScopeState::from(row));
+            if let Some((scope, state)) = decode_scope(&key, &data, self.path())? {
+                out.insert(scope, state);
+            }
         }
         Ok(out)
     }
@@ -134,7 +150,7 @@ impl Store {
         now: UnixMs,
     ) -> Result<(), StoreError> {
         let path = self.path().to_path_buf();
-        let data = serde_json::to_string(&ScopeRow::from(state)).unwrap_or_else(|_| "{}".into());
+        let data = encode_scope(state);
         self.write(|tx| {
             for d in documents {
                 put_document(tx, INSERT_NEW_DOCUMENT, d, &path, now)?;

@@ -11,7 +11,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, classify};
+use super::{SqliteStore, StoreError, classify};
 use crate::coze::DocumentStatus;
 use crate::ids::{DatasetId, DocumentId};
 use crate::tracker::{DocInfo, DocState, Lifecycle};
@@ -205,6 +205,43 @@ pub(super) const UPSERT_DOCUMENT: &str =
      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (dataset_id, document_id) DO UPDATE
      SET state = excluded.state, data = excluded.data, updated_at = excluded.updated_at";
 
+/// A document's `data` column (JSON of [`Row`]); `Err` names the document.
+pub(super) fn encode_document(d: &DocState, path: &Path) -> Result<String, StoreError> {
+    serde_json::to_string(&Row::from(d)).map_err(|err| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("cannot encode document {}: {err}", d.document_id),
+    })
+}
+
+/// Decodes one stored row; a row that cannot be read is `Corrupt`, naming the document.
+pub(super) fn decode_document(
+    dataset: &str,
+    document: &str,
+    data: &str,
+    path: &Path,
+) -> Result<DocState, StoreError> {
+    serde_json::from_str::<Row>(data)
+        .map_err(RowError::from)
+        .and_then(DocState::try_from)
+        .map_err(|detail| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("document {document} of dataset {dataset}: {detail}"),
+        })
+}
+
+/// A stored state name, or `Corrupt` naming the document.
+pub(super) fn parse_state(
+    dataset: &str,
+    document: &str,
+    state: &str,
+    path: &Path,
+) -> Result<Lifecycle, StoreError> {
+    Lifecycle::parse(state).ok_or_else(|| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("document {document} of dataset {dataset}: unknown state {state:?}"),
+    })
+}
+
 /// Writes one document row with `sql` ([`INSERT_NEW_DOCUMENT`] or [`UPSERT_DOCUMENT`]).
 pub(super) fn put_document(
     tx: &Connection,
@@ -213,10 +250,7 @@ pub(super) fn put_document(
     path: &Path,
     now: UnixMs,
 ) -> Result<(), StoreError> {
-    let data = serde_json::to_string(&Row::from(d)).map_err(|err| StoreError::Corrupt {
-        path: path.to_path_buf(),
-        detail: format!("cannot encode document {}: {err}", d.document_id),
-    })?;
+    let data = encode_document(d, path)?;
     tx.prepare_cached(sql)
         .and_then(|mut st| {
             st.execute(params![
@@ -231,7 +265,7 @@ pub(super) fn put_document(
         .map_err(|e| classify(path, e))
 }
 
-impl Store {
+impl SqliteStore {
     /// Every stored document, decoded (for `status`; the daemon never loads them all).
     pub fn load_documents(&self) -> Result<Vec<DocState>, StoreError> {
         let mut stmt = self
@@ -276,10 +310,7 @@ impl Store {
                     .map_err(|e| self.err(e))
             };
             let (ds, doc, state) = (text(0)?, text(1)?, text(2)?);
-            let state = Lifecycle::parse(state).ok_or_else(|| StoreError::Corrupt {
-                path: self.path.clone(),
-                detail: format!("document {doc} of dataset {ds}: unknown state {state:?}"),
-            })?;
+            let state = parse_state(ds, doc, state, &self.path)?;
             f(ds, doc, state);
         }
         Ok(())
@@ -396,15 +427,9 @@ impl Store {
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Decodes one stored row; a row that cannot be read is `Corrupt`, naming the document.
     fn decode(&self, dataset: &str, document: &str, data: &str) -> Result<DocState, StoreError> {
-        serde_json::from_str::<Row>(data)
-            .map_err(RowError::from)
-            .and_then(DocState::try_from)
-            .map_err(|detail| StoreError::Corrupt {
-                path: self.path().to_path_buf(),
-                detail: format!("document {document} of dataset {dataset}: {detail}"),
-            })
+        decode_document(dataset, document, data, &self.path)
     }
 }

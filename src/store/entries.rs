@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{SqliteStore, StoreError};
 use crate::ids::{DatasetId, DocumentId};
 use crate::wall::UnixMs;
 
@@ -45,9 +45,42 @@ fn one() -> u32 {
 }
 
 /// The document id column of a whole-knowledge-base entry.
-const ALL: &str = "";
+pub(super) const ALL: &str = "";
 
-impl Store {
+/// An entry's `data` column.
+pub(super) fn encode_entry(e: &RuntimeEntry) -> String {
+    serde_json::to_string(&EntryRow {
+        v: 1,
+        labels: e.labels.clone(),
+        notify: e.notify.clone(),
+        batch: e.batch.clone(),
+    })
+    .unwrap_or_else(|_| "{}".into())
+}
+
+/// An entry from its columns; `Corrupt` names it.
+pub(super) fn decode_entry(
+    ds: String,
+    doc: String,
+    data: &str,
+    created: i64,
+    path: &std::path::Path,
+) -> Result<RuntimeEntry, StoreError> {
+    let settings: EntryRow = serde_json::from_str(data).map_err(|e| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("watch entry {ds}/{doc}: {e}"),
+    })?;
+    Ok(RuntimeEntry {
+        dataset: DatasetId::new(ds),
+        document: (doc != ALL).then(|| DocumentId::new(doc)),
+        labels: settings.labels,
+        notify: settings.notify,
+        batch: settings.batch,
+        created_at: UnixMs(created),
+    })
+}
+
+impl SqliteStore {
     /// Adds entries in one transaction; an entry already there is kept as it is. Returns how
     /// many were new.
     pub fn add_watch_entries(&mut self, entries: &[RuntimeEntry]) -> Result<usize, StoreError> {
@@ -61,13 +94,7 @@ impl Store {
                 )
                 .map_err(|e| super::classify(&path, e))?;
             for e in entries {
-                let data = serde_json::to_string(&EntryRow {
-                    v: 1,
-                    labels: e.labels.clone(),
-                    notify: e.notify.clone(),
-                    batch: e.batch.clone(),
-                })
-                .unwrap_or_else(|_| "{}".into());
+                let data = encode_entry(e);
                 let doc = e.document.as_ref().map_or(ALL, DocumentId::as_str);
                 added += stmt
                     .execute(params![e.dataset.as_str(), doc, data, e.created_at.0])
@@ -132,19 +159,7 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (ds, doc, data, created) = row.map_err(|e| self.err(e))?;
-            let settings: EntryRow =
-                serde_json::from_str(&data).map_err(|e| StoreError::Corrupt {
-                    path: self.path().to_path_buf(),
-                    detail: format!("watch entry {ds}/{doc}: {e}"),
-                })?;
-            out.push(RuntimeEntry {
-                dataset: DatasetId::new(ds),
-                document: (doc != ALL).then(|| DocumentId::new(doc)),
-                labels: settings.labels,
-                notify: settings.notify,
-                batch: settings.batch,
-                created_at: UnixMs(created),
-            });
+            out.push(decode_entry(ds, doc, &data, created, self.path())?);
         }
         Ok(out)
     }

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Store, StoreError};
+use super::{Location, Store, StoreError};
 
 /// How long the inline reader waits for a lock: it runs on the runtime's thread, so it gives
 /// up soon (recovery after a crash) and the caller retries, rather than stalling the runtime.
@@ -35,23 +35,31 @@ pub struct StoreHandle {
     /// Opened at the first long read.
     long: Arc<Mutex<Option<Store>>>,
     path: Arc<Path>,
+    at: Arc<Location>,
 }
 
 impl StoreHandle {
-    /// Wraps the writing connection and opens the inline reader.
-    pub fn new(store: Store) -> Self {
-        let inline = match Store::open_reader(store.path(), INLINE_BUSY) {
-            Ok(r) => Some(Arc::new(Mutex::new(r))),
-            Err(e) => {
-                tracing::warn!(error = %e, "no second store connection; reads share the writer's");
-                None
+    /// Wraps the writing connection to the store at `at` and opens the inline reader (SQLite:
+    /// PostgreSQL's reads are network round trips, never on the runtime's thread, so they all
+    /// take the long door).
+    pub fn new(store: Store, at: Location) -> Self {
+        let inline = if store.reads_inline() {
+            match Store::open_reader(&at, INLINE_BUSY) {
+                Ok(r) => Some(Arc::new(Mutex::new(r))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no second store connection; reads share the writer's");
+                    None
+                }
             }
+        } else {
+            None
         };
         StoreHandle {
             path: Arc::from(store.path()),
             writer: Arc::new(Mutex::new(store)),
             inline,
             long: Arc::new(Mutex::new(None)),
+            at: Arc::new(at),
         }
     }
 
@@ -66,6 +74,7 @@ impl StoreHandle {
                 let store = reader.lock().unwrap_or_else(|p| p.into_inner());
                 f(&store)
             }
+            None if matches!(*self.at, Location::Postgres(_)) => self.read_long(f).await,
             None => self.write(move |s| f(s)).await,
         }
     }
@@ -76,12 +85,12 @@ impl StoreHandle {
         f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         let long = self.long.clone();
-        let path = self.path.clone();
+        let at = self.at.clone();
         self.blocking(move || {
             let mut slot = long.lock().unwrap_or_else(|p| p.into_inner());
             let store = match slot.take() {
                 Some(s) => slot.insert(s),
-                None => slot.insert(Store::open_reader(&path, LONG_BUSY)?),
+                None => slot.insert(Store::open_reader(&at, LONG_BUSY)?),
             };
             f(store)
         })

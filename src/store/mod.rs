@@ -21,21 +21,27 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 use thiserror::Error;
 
+mod api;
 pub mod discovery;
 pub mod documents;
 pub mod entries;
 mod handle;
 mod lock;
 pub mod outbox;
+mod pg;
 mod schema;
+#[doc(hidden)]
+pub mod testdb;
 
+pub use api::{Location, Store};
 pub use documents::{Stored, StoredSchedule};
 pub use entries::RuntimeEntry;
 pub use handle::StoreHandle;
 pub use lock::{DirLock, daemon_pid, ensure_dir};
 pub use outbox::{Delivery, DeliveryRow, DeliveryUpdate, NewEvent, RecordedAttempt};
+pub use pg::PG_SCHEMA_VERSION;
 
-/// The schema this build writes. Older stores are migrated; newer ones refused.
+/// The SQLite schema this build writes. Older stores are migrated; newer ones refused.
 pub const SCHEMA_VERSION: i64 = 3;
 pub const DB_FILE: &str = "coze-watch.db";
 pub const LOCK_FILE: &str = "coze-watch.lock";
@@ -51,6 +57,12 @@ pub enum StoreError {
         "state directory {dir} is in use by another coze-watch ({holder}); one instance per state directory"
     )]
     Locked { dir: PathBuf, holder: String },
+    /// `at` is the database's URL, never with a password.
+    #[error(
+        "database {} is in use by another coze-watch daemon; one daemon per database",
+        at.display()
+    )]
+    DatabaseInUse { at: PathBuf },
     #[error(
         "store {path} is corrupt or not a coze-watch database ({detail}); it was left untouched"
     )]
@@ -68,6 +80,23 @@ pub enum StoreError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    /// `at` is the database's URL, never with a password.
+    #[error("store {}: {}", at.display(), pg_text(source))]
+    Postgres {
+        at: PathBuf,
+        source: postgres::Error,
+    },
+}
+
+/// A PostgreSQL error in words: the server's message and detail when it sent one.
+fn pg_text(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{}: {} ({d})", db.severity(), db.message()),
+            None => format!("{}: {}", db.severity(), db.message()),
+        },
+        None => e.to_string(),
+    }
 }
 
 /// An I/O error in words; a refused permission names the user this process runs as.
@@ -94,22 +123,24 @@ impl StoreError {
     }
 }
 
-/// One connection to the store. Its methods live beside the tables they touch.
-pub struct Store {
+/// One connection to an SQLite store. Its methods live beside the tables they touch.
+pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the store in `dir` for writing. The caller holds the
     /// [`DirLock`]. Creates the directory 0700 and the database 0600.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
         let dir_err = |source| StoreError::Dir {
             dir: dir.to_path_buf(),
             source,
@@ -136,7 +167,7 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| classify(&path, e))?;
-        let mut store = Store { conn, path };
+        let mut store = SqliteStore { conn, path };
         store.configure()?;
         store.migrate()?;
         Ok(store)
@@ -148,7 +179,7 @@ impl Store {
     /// While a daemon runs, its `-wal` and `-shm` exist and are used as they are. When there is
     /// no `-wal`, nobody is writing, and the database is opened as immutable, which needs
     /// neither file.
-    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open_read_only(dir: &Path) -> Result<SqliteStore, StoreError> {
         let path = dir.join(DB_FILE);
         match std::fs::metadata(&path) {
             Err(e) if crate::access::is_denied(&e) => return Err(denied(dir)),
@@ -174,7 +205,7 @@ impl Store {
             format!("file:{}?mode=ro&immutable=1", uri_path(&path))
         };
         let conn = Connection::open_with_flags(&uri, flags).map_err(|e| classify(&path, e))?;
-        let store = Store { conn, path };
+        let store = SqliteStore { conn, path };
         store
             .conn
             .busy_timeout(Duration::from_secs(5))
@@ -185,13 +216,13 @@ impl Store {
 
     /// A second connection to the store at `path` that the daemon itself opened (and
     /// migrated) already, for reads beside its writes.
-    pub(crate) fn open_reader(path: &Path, busy: Duration) -> Result<Store, StoreError> {
+    pub(crate) fn open_reader(path: &Path, busy: Duration) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| classify(path, e))?;
-        let store = Store {
+        let store = SqliteStore {
             conn,
             path: path.to_path_buf(),
         };
@@ -205,7 +236,7 @@ impl Store {
 
     /// Opens an existing store for writing without creating or migrating anything (for
     /// `deliveries`, safe while the daemon runs: SQLite serialises the writers).
-    pub fn open_existing(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open_existing(dir: &Path) -> Result<SqliteStore, StoreError> {
         let path = dir.join(DB_FILE);
         match std::fs::metadata(&path) {
             Err(e) if crate::access::is_denied(&e) => return Err(denied(dir)),
@@ -217,7 +248,7 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| classify(&path, e))?;
-        let store = Store { conn, path };
+        let store = SqliteStore { conn, path };
         store
             .conn
             .busy_timeout(Duration::from_secs(5))

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 
 use super::documents::{UPSERT_DOCUMENT, put_document};
-use super::{Store, StoreError, StoredSchedule, classify};
+use super::{SqliteStore, StoreError, StoredSchedule, classify};
 use crate::event::{EventId, EventType};
 use crate::ids::{DatasetId, DocumentId};
 use crate::tracker::DocState;
@@ -110,7 +110,7 @@ pub(super) const DUE_SQL: &str =
                  ORDER BY d.next_attempt_at, d.rowid
                  LIMIT ?2";
 
-impl Store {
+impl SqliteStore {
     /// Writes new document states, their events with one pending delivery per notifier, and
     /// the dataset's schedule, in one transaction.
     pub fn commit(

@@ -5,7 +5,7 @@
 //! version is never edited once released (a store written by it is checked in under
 //! `tests/fixtures/`).
 
-use super::{SCHEMA_VERSION, Store, StoreError, classify};
+use super::{SCHEMA_VERSION, SqliteStore, StoreError, classify};
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE documents (
@@ -75,7 +75,7 @@ CREATE TABLE meta (
 );
 ";
 
-impl Store {
+impl SqliteStore {
     /// Checks the whole file (`PRAGMA quick_check`): a damaged page anywhere makes it
     /// `Corrupt`. It reads every page (~0.2 s for 100,000 documents), so the daemon runs it
     /// beside its start, on a connection of its own, rather than before it.

@@ -1,4 +1,5 @@
-//! The store's unit tests: real SQLite files in temp dirs.
+//! The store's unit tests: real SQLite files in temp dirs, and (what both backends do) the same
+//! tests on a real PostgreSQL database in the tests' throwaway cluster.
 
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
@@ -15,6 +16,16 @@ use crate::event::{EventId, EventType};
 use crate::ids::{DatasetId, DocumentId};
 use crate::tracker::{DocState, Lifecycle};
 use crate::wall::UnixMs;
+
+/// Runs `test` on a fresh SQLite store, then on a fresh PostgreSQL database when the test
+/// cluster is there (see `store::testdb`).
+fn on_both(test: impl Fn(&mut Store)) {
+    let dir = tempfile::tempdir().unwrap();
+    test(&mut Store::open(dir.path()).unwrap());
+    if let Some(pg) = super::testdb::fresh_database() {
+        test(&mut Store::open_at(&Location::Postgres(pg)).unwrap());
+    }
+}
 
 fn doc(id: &str, state: Lifecycle) -> DocState {
     let mut d = DocState::new(DatasetId::new("1"), DocumentId::new(id), UnixMs(0));
@@ -36,30 +47,30 @@ fn event(id: &str, doc: &str, at: i64, notifiers: &[&str]) -> NewEvent {
 
 #[test]
 fn commit_writes_state_events_and_deliveries_together() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path()).unwrap();
-    let sched = StoredSchedule {
-        next_poll_at: UnixMs(5),
-        failures: 2,
-    };
-    s.commit(
-        &[doc("a", Lifecycle::Completed)],
-        &[event("e1", "a", 1, &["log", "hook"])],
-        Some((&DatasetId::new("1"), sched)),
-        UnixMs(1),
-    )
-    .unwrap();
-    assert_eq!(s.load_documents().unwrap()[0].state, Lifecycle::Completed);
-    assert_eq!(s.load_schedules().unwrap()[&DatasetId::new("1")], sched);
-    let due = s
-        .due_deliveries("log", UnixMs(1), 10, &HashSet::new())
+    on_both(|s| {
+        let sched = StoredSchedule {
+            next_poll_at: UnixMs(5),
+            failures: 2,
+        };
+        s.commit(
+            &[doc("a", Lifecycle::Completed)],
+            &[event("e1", "a", 1, &["log", "hook"])],
+            Some((&DatasetId::new("1"), sched)),
+            UnixMs(1),
+        )
         .unwrap();
-    assert_eq!(due.len(), 1);
-    assert_eq!(due[0].body, "{\"id\":\"e1\"}");
-    let due = s
-        .due_deliveries("hook", UnixMs(1), 10, &HashSet::new())
-        .unwrap();
-    assert_eq!(due.len(), 1);
+        assert_eq!(s.load_documents().unwrap()[0].state, Lifecycle::Completed);
+        assert_eq!(s.load_schedules().unwrap()[&DatasetId::new("1")], sched);
+        let due = s
+            .due_deliveries("log", UnixMs(1), 10, &HashSet::new())
+            .unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].body, "{\"id\":\"e1\"}");
+        let due = s
+            .due_deliveries("hook", UnixMs(1), 10, &HashSet::new())
+            .unwrap();
+        assert_eq!(due.len(), 1);
+    });
 }
 
 fn attempt(seq: i64, attempts: u32, update: DeliveryUpdate) -> RecordedAttempt {
@@ -73,119 +84,121 @@ fn attempt(seq: i64, attempts: u32, update: DeliveryUpdate) -> RecordedAttempt {
 
 #[test]
 fn events_of_one_document_go_out_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path()).unwrap();
-    s.commit(
-        &[],
-        &[
-            event("e1", "a", 1, &["hook"]),
-            event("e2", "a", 2, &["hook"]),
-            event("e3", "b", 3, &["hook"]),
-        ],
-        None,
-        UnixMs(3),
-    )
-    .unwrap();
-    let none = HashSet::new();
-    let due = s.due_deliveries("hook", UnixMs(10), 10, &none).unwrap();
-    let ids: Vec<&str> = due.iter().map(|d| d.event_id.as_str()).collect();
-    assert_eq!(ids, ["e1", "e3"], "e2 waits for e1");
-    let retry = DeliveryUpdate::Retry {
-        next_attempt_at: UnixMs(100),
-        error: "HTTP 500".into(),
-    };
-    s.record_attempts(&[attempt(due[0].seq, 1, retry)], UnixMs(10))
+    on_both(|s| {
+        s.commit(
+            &[],
+            &[
+                event("e1", "a", 1, &["hook"]),
+                event("e2", "a", 2, &["hook"]),
+                event("e3", "b", 3, &["hook"]),
+            ],
+            None,
+            UnixMs(3),
+        )
         .unwrap();
-    let due = s.due_deliveries("hook", UnixMs(10), 10, &none).unwrap();
-    assert_eq!(due.len(), 1, "e2 still waits while e1 is pending");
-    let dead = DeliveryUpdate::Dead {
-        error: "gone".into(),
-    };
-    s.record_attempts(&[attempt(due[0].seq, 1, dead)], UnixMs(10))
+        let none = HashSet::new();
+        let due = s.due_deliveries("hook", UnixMs(10), 10, &none).unwrap();
+        let ids: Vec<&str> = due.iter().map(|d| d.event_id.as_str()).collect();
+        assert_eq!(ids, ["e1", "e3"], "e2 waits for e1");
+        let retry = DeliveryUpdate::Retry {
+            next_attempt_at: UnixMs(100),
+            error: "HTTP 500".into(),
+        };
+        s.record_attempts(&[attempt(due[0].seq, 1, retry)], UnixMs(10))
+            .unwrap();
+        let due = s.due_deliveries("hook", UnixMs(10), 10, &none).unwrap();
+        assert_eq!(due.len(), 1, "e2 still waits while e1 is pending");
+        let dead = DeliveryUpdate::Dead {
+            error: "gone".into(),
+        };
+        s.record_attempts(&[attempt(due[0].seq, 1, dead)], UnixMs(10))
+            .unwrap();
+        let first = s.due_deliveries("hook", UnixMs(100), 10, &none).unwrap();
+        s.record_attempts(
+            &[attempt(first[0].seq, 2, DeliveryUpdate::Delivered)],
+            UnixMs(100),
+        )
         .unwrap();
-    let first = s.due_deliveries("hook", UnixMs(100), 10, &none).unwrap();
-    s.record_attempts(
-        &[attempt(first[0].seq, 2, DeliveryUpdate::Delivered)],
-        UnixMs(100),
-    )
-    .unwrap();
-    let due = s.due_deliveries("hook", UnixMs(100), 10, &none).unwrap();
-    assert_eq!(due[0].event_id.as_str(), "e2");
+        let due = s.due_deliveries("hook", UnixMs(100), 10, &none).unwrap();
+        assert_eq!(due[0].event_id.as_str(), "e2");
+    });
 }
 
 #[test]
 fn due_deliveries_are_per_notifier_and_skip_busy_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path()).unwrap();
-    s.commit(
-        &[],
-        &[
-            event("e1", "a", 1, &["hook", "log"]),
-            event("e2", "b", 2, &["hook"]),
-        ],
-        None,
-        UnixMs(3),
-    )
-    .unwrap();
-    let none = HashSet::new();
-    let log = s.due_deliveries("log", UnixMs(10), 10, &none).unwrap();
-    assert_eq!(log.len(), 1);
-    assert_eq!(log[0].notifier, "log");
-    let hook = s.due_deliveries("hook", UnixMs(10), 10, &none).unwrap();
-    let busy: HashSet<i64> = [hook[0].seq].into();
-    let rest = s.due_deliveries("hook", UnixMs(10), 10, &busy).unwrap();
-    let ids: Vec<&str> = rest.iter().map(|d| d.event_id.as_str()).collect();
-    assert_eq!(ids, ["e2"]);
+    on_both(|s| {
+        s.commit(
+            &[],
+            &[
+                event("e1", "a", 1, &["hook", "log"]),
+                event("e2", "b", 2, &["hook"]),
+            ],
+            None,
+            UnixMs(3),
+        )
+        .unwrap();
+        let none = HashSet::new();
+        let log = s.due_deliveries("log", UnixMs(10), 10, &none).unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].notifier, "log");
+        let hook = s.due_deliveries("hook", UnixMs(10), 10, &none).unwrap();
+        let busy: HashSet<i64> = [hook[0].seq].into();
+        let rest = s.due_deliveries("hook", UnixMs(10), 10, &busy).unwrap();
+        let ids: Vec<&str> = rest.iter().map(|d| d.event_id.as_str()).collect();
+        assert_eq!(ids, ["e2"]);
+    });
 }
 
 #[test]
 fn documents_are_read_in_key_order_and_per_dataset() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path()).unwrap();
-    let mut other = doc("a", Lifecycle::Watching);
-    other.dataset_id = DatasetId::new("0");
-    s.commit(
-        &[
-            doc("b", Lifecycle::Watching),
-            doc("a", Lifecycle::Completed),
-            other,
-        ],
-        &[],
-        None,
-        UnixMs(1),
-    )
-    .unwrap();
-    s.insert_new_documents(
-        &[
-            (DatasetId::new("1"), DocumentId::new("c")),
-            (DatasetId::new("1"), DocumentId::new("a")),
-        ],
-        UnixMs(2),
-    )
-    .unwrap();
-    let mut seen = Vec::new();
-    s.for_each_document_state(|ds, doc, state| seen.push(format!("{ds}/{doc}:{}", state.as_str())))
+    on_both(|s| {
+        let mut other = doc("a", Lifecycle::Watching);
+        other.dataset_id = DatasetId::new("0");
+        s.commit(
+            &[
+                doc("b", Lifecycle::Watching),
+                doc("a", Lifecycle::Completed),
+                other,
+            ],
+            &[],
+            None,
+            UnixMs(1),
+        )
         .unwrap();
-    assert_eq!(
-        seen,
-        [
-            "0/a:watching",
-            "1/a:completed",
-            "1/b:watching",
-            "1/c:watching"
-        ],
-        "key order; an existing document is not overwritten as new"
-    );
-    let wanted = [DocumentId::new("a"), DocumentId::new("c")];
-    let got = s.load_dataset(&DatasetId::new("1"), &wanted).unwrap();
-    let got: Vec<String> = got
-        .iter()
-        .map(|x| match x {
-            Stored::Live(d) => format!("live {}", d.document_id),
-            Stored::Terminal(id) => format!("terminal {id}"),
+        s.insert_new_documents(
+            &[
+                (DatasetId::new("1"), DocumentId::new("c")),
+                (DatasetId::new("1"), DocumentId::new("a")),
+            ],
+            UnixMs(2),
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        s.for_each_document_state(|ds, doc, state| {
+            seen.push(format!("{ds}/{doc}:{}", state.as_str()))
         })
-        .collect();
-    assert_eq!(got, ["terminal a", "live c"], "b is not wanted");
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                "0/a:watching",
+                "1/a:completed",
+                "1/b:watching",
+                "1/c:watching"
+            ],
+            "key order; an existing document is not overwritten as new"
+        );
+        let wanted = [DocumentId::new("a"), DocumentId::new("c")];
+        let got = s.load_dataset(&DatasetId::new("1"), &wanted).unwrap();
+        let got: Vec<String> = got
+            .iter()
+            .map(|x| match x {
+                Stored::Live(d) => format!("live {}", d.document_id),
+                Stored::Terminal(id) => format!("terminal {id}"),
+            })
+            .collect();
+        assert_eq!(got, ["terminal a", "live c"], "b is not wanted");
+    });
 }
 
 #[test]
@@ -199,7 +212,7 @@ fn the_outbox_query_is_not_prepared_again_for_each_limit() {
         s.due_deliveries("hook", UnixMs(10 + limit as i64), limit, &busy)
             .unwrap();
     }
-    let stmt = s.conn.prepare_cached(DUE_SQL).unwrap();
+    let stmt = sqlite(&s).conn.prepare_cached(DUE_SQL).unwrap();
     assert_eq!(
         stmt.get_status(rusqlite::StatementStatus::RePrepare),
         0,
@@ -215,6 +228,7 @@ fn a_version_1_store_is_migrated() {
     conn.pragma_update(None, "user_version", 1).unwrap();
     drop(conn);
     let s = Store::open(dir.path()).unwrap();
+    let s = sqlite(&s);
     let version: i64 = s
         .conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -285,42 +299,42 @@ fn files_are_private() {
 
 #[test]
 fn removed_notifiers_lose_their_pending_deliveries() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path()).unwrap();
-    s.commit(
-        &[],
-        &[event("e1", "a", 1, &["keep", "gone"])],
-        None,
-        UnixMs(1),
-    )
-    .unwrap();
-    assert_eq!(
-        s.kill_removed_notifiers(&["keep".into()], UnixMs(2))
-            .unwrap(),
-        1
-    );
-    let dead = s.deliveries("dead", 10).unwrap();
-    assert_eq!(dead[0].notifier, "gone");
-    assert_eq!(dead[0].last_error.as_deref(), Some("notifier removed"));
+    on_both(|s| {
+        s.commit(
+            &[],
+            &[event("e1", "a", 1, &["keep", "gone"])],
+            None,
+            UnixMs(1),
+        )
+        .unwrap();
+        assert_eq!(
+            s.kill_removed_notifiers(&["keep".into()], UnixMs(2))
+                .unwrap(),
+            1
+        );
+        let dead = s.deliveries("dead", 10).unwrap();
+        assert_eq!(dead[0].notifier, "gone");
+        assert_eq!(dead[0].last_error.as_deref(), Some("notifier removed"));
+    });
 }
 
 #[test]
 fn prune_keeps_tombstones_and_pending_bodies() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path()).unwrap();
-    s.commit(
-        &[
-            doc("a", Lifecycle::Completed),
-            doc("b", Lifecycle::Completed),
-        ],
-        &[event("e1", "a", 1, &[]), event("e2", "b", 1, &["hook"])],
-        None,
-        UnixMs(1),
-    )
-    .unwrap();
-    let pruned = s.prune(UnixMs(100_000), Duration::from_secs(10)).unwrap();
-    assert_eq!(pruned, 1, "the pending one keeps its body");
-    assert_eq!(s.load_documents().unwrap().len(), 2, "tombstones stay");
+    on_both(|s| {
+        s.commit(
+            &[
+                doc("a", Lifecycle::Completed),
+                doc("b", Lifecycle::Completed),
+            ],
+            &[event("e1", "a", 1, &[]), event("e2", "b", 1, &["hook"])],
+            None,
+            UnixMs(1),
+        )
+        .unwrap();
+        let pruned = s.prune(UnixMs(100_000), Duration::from_secs(10)).unwrap();
+        assert_eq!(pruned, 1, "the pending one keeps its body");
+        assert_eq!(s.load_documents().unwrap().len(), 2, "tombstones stay");
+    });
 }
 
 /// A row exactly as 0.1.0 wrote it (from `tests/fixtures/store-0.1.0`).
@@ -373,4 +387,138 @@ fn open_existing_on_an_older_schema_asks_for_a_daemon_start_not_corrupt() {
         "{err}"
     );
     assert!(err.to_string().contains("start the daemon once"), "{err}");
+}
+
+/// The SQLite store inside a [`Store`] (these tests open only SQLite ones).
+fn sqlite(s: &Store) -> &super::SqliteStore {
+    match s {
+        Store::Sqlite(s) => s,
+        Store::Postgres(_) => panic!("an SQLite store was opened"),
+    }
+}
+
+#[test]
+fn watch_entries_discovery_and_meta_round_trip() {
+    use crate::discover::{Scope, ScopeState};
+    on_both(|s| {
+        let entry = |doc: Option<&str>| RuntimeEntry {
+            dataset: DatasetId::new("7"),
+            document: doc.map(DocumentId::new),
+            labels: [("team".to_string(), "kb".to_string())].into(),
+            notify: None,
+            batch: doc.map(|_| "nightly".to_string()),
+            created_at: UnixMs(5),
+        };
+        let added = s
+            .add_watch_entries(&[entry(Some("2")), entry(None), entry(Some("1"))])
+            .unwrap();
+        assert_eq!(added, 3);
+        assert_eq!(s.add_watch_entries(&[entry(Some("1"))]).unwrap(), 0);
+        let got = s.watch_entries().unwrap();
+        assert_eq!(got, [entry(None), entry(Some("1")), entry(Some("2"))]);
+        let ds = DatasetId::new("7");
+        assert_eq!(
+            s.remove_watch_entries(&ds, Some(&[DocumentId::new("1")]))
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.remove_watch_entries(&ds, None).unwrap(), 2);
+        let scope = Scope::parse("dataset:7").unwrap();
+        let state = ScopeState::default();
+        s.commit_discovery(&scope, &state, &[doc("9", Lifecycle::Watching)], UnixMs(6))
+            .unwrap();
+        assert!(s.load_scopes().unwrap().contains_key(&scope));
+        let known = s.known_documents(&DatasetId::new("1")).unwrap();
+        assert!(known.contains(&DocumentId::new("9")));
+        assert_eq!(s.meta("k").unwrap(), None);
+        s.set_meta("k", "v1", UnixMs(1)).unwrap();
+        s.set_meta("k", "v2", UnixMs(2)).unwrap();
+        assert_eq!(s.meta("k").unwrap().as_deref(), Some("v2"));
+    });
+}
+
+#[test]
+fn dead_deliveries_are_listed_requeued_and_dropped() {
+    on_both(|s| {
+        s.commit(
+            &[],
+            &[
+                event("e1", "a", 1, &["hook"]),
+                event("e2", "b", 1, &["hook"]),
+            ],
+            None,
+            UnixMs(1),
+        )
+        .unwrap();
+        let due = s
+            .due_deliveries("hook", UnixMs(1), 10, &HashSet::new())
+            .unwrap();
+        let dead = |seq| {
+            attempt(
+                seq,
+                3,
+                DeliveryUpdate::Dead {
+                    error: "410".into(),
+                },
+            )
+        };
+        s.record_attempts(&[dead(due[0].seq), dead(due[1].seq)], UnixMs(2))
+            .unwrap();
+        assert_eq!(s.outbox_depth().unwrap(), (0, 2));
+        assert_eq!(
+            s.requeue_dead(Some(&["e1".to_string()]), UnixMs(3))
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.outbox_depth().unwrap(), (1, 1));
+        assert_eq!(s.drop_dead(None).unwrap(), 1);
+        assert_eq!(s.outbox_depth().unwrap(), (1, 0));
+        let pending = s.deliveries("pending", 10).unwrap();
+        assert_eq!(pending[0].event_id, "e1");
+        assert_eq!(pending[0].attempts, 0);
+        assert_eq!(s.next_delivery_after(UnixMs(0)).unwrap(), Some(UnixMs(3)));
+        assert_eq!(s.count_by_state().unwrap().get(&Lifecycle::Watching), None);
+    });
+}
+
+#[test]
+fn an_event_id_already_stored_is_not_stored_again() {
+    on_both(|s| {
+        s.commit(&[], &[event("e1", "a", 1, &["hook"])], None, UnixMs(1))
+            .unwrap();
+        s.commit(&[], &[event("e1", "a", 2, &["hook"])], None, UnixMs(2))
+            .unwrap();
+        assert_eq!(s.outbox_depth().unwrap(), (1, 0));
+    });
+}
+
+#[test]
+fn postgres_schema_is_created_once_by_instances_starting_together_and_a_newer_one_is_refused() {
+    let Some(pg) = super::testdb::fresh_database() else {
+        return;
+    };
+    let at = Location::Postgres(pg.clone());
+    let opened: Vec<_> = (0..4)
+        .map(|_| {
+            let at = at.clone();
+            std::thread::spawn(move || Store::open_at(&at).map(|_| ()))
+        })
+        .collect();
+    for t in opened {
+        t.join().unwrap().unwrap();
+    }
+    let mut admin = postgres::Client::connect(pg.url.as_str(), postgres::NoTls).unwrap();
+    let versions: i64 = admin
+        .query_one("SELECT count(*) FROM schema_version", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, 1, "one schema, made once");
+    admin
+        .batch_execute("UPDATE schema_version SET version = 99")
+        .unwrap();
+    let err = Store::open_at(&at).unwrap_err();
+    assert!(err.is_unusable(), "{err}");
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+    let err = Store::open_read_only_at(&at).unwrap_err();
+    assert!(err.is_unusable(), "{err}");
 }

@@ -13,16 +13,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod notifiers;
+mod state;
 mod watch;
 
 use notifiers::resolve_notifiers;
+use state::resolve_state;
 use watch::{check_id, resolve_watch_list};
 
 use super::error::{ConfigError, Diagnostics, KeyPath, Source};
 use super::expand::{ExpandError, expand};
-use super::raw::{
-    RawApi, RawBackoff, RawConfig, RawDuration, RawHttp, RawLog, RawPoll, RawRetry, RawState,
-};
+use super::raw::{RawApi, RawBackoff, RawConfig, RawDuration, RawHttp, RawLog, RawPoll, RawRetry};
 use super::validate::{fallback_url, is_loopback_host, parse_http_url};
 use super::*;
 
@@ -533,53 +533,6 @@ fn multiplier(
             ctx.error(src, path, format!("{m} must be between 1 and 100"));
             default
         }
-    }
-}
-
-fn resolve_state(ctx: &mut Ctx<'_>, src: &Source, path: &KeyPath, raw: &RawState) -> StateConfig {
-    let dir = match &raw.dir {
-        Some(d) => ctx
-            .string(src, &path.key("dir"), d)
-            .map(PathBuf::from)
-            .unwrap_or_default(),
-        None => default_state_dir(ctx.env),
-    };
-    if dir.as_os_str().is_empty() && raw.dir.is_none() {
-        ctx.env_problem(
-            src,
-            &path.key("dir"),
-            "no state directory: set state.dir, or $STATE_DIRECTORY, $XDG_STATE_HOME or $HOME",
-        );
-    } else if raw.dir.is_some() && !dir.as_os_str().is_empty() && !dir.is_absolute() {
-        ctx.error(src, &path.key("dir"), "must be an absolute path");
-    } else if dir.is_absolute()
-        && let Err(why) = crate::access::state_dir_usable(&dir)
-    {
-        ctx.env_problem(src, &path.key("dir"), why);
-    }
-    let retention = ctx.positive_duration(
-        src,
-        &path.key("retention"),
-        raw.retention.as_ref(),
-        Duration::from_secs(30 * 86_400),
-    );
-    StateConfig { dir, retention }
-}
-
-/// `$STATE_DIRECTORY` (systemd; the first of a colon-separated list), else
-/// `$XDG_STATE_HOME/coze-watch`, else `~/.local/state/coze-watch`.
-fn default_state_dir(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
-    let non_empty = |name: &str| env(name).filter(|s| !s.is_empty());
-    if let Some(dirs) = non_empty("STATE_DIRECTORY") {
-        let first = dirs.split(':').next().unwrap_or_default();
-        return PathBuf::from(first);
-    }
-    if let Some(xdg) = non_empty("XDG_STATE_HOME") {
-        return Path::new(&xdg).join("coze-watch");
-    }
-    match non_empty("HOME") {
-        Some(home) => Path::new(&home).join(".local/state/coze-watch"),
-        None => PathBuf::new(),
     }
 }
 
