@@ -57,6 +57,10 @@ pub struct Metrics {
     pub healthy: Gauge,
     pub reload_success: Gauge,
     pub last_reload: Gauge,
+    /// 1 while this instance polls and delivers (always on SQLite).
+    pub leader: Gauge,
+    /// The lease epoch this instance holds or last held (0: none; SQLite: 0).
+    pub lease_epoch: Gauge,
     pub health: Health,
 }
 
@@ -88,6 +92,8 @@ impl Metrics {
             healthy: Gauge::default(),
             reload_success: Gauge::default(),
             last_reload: Gauge::default(),
+            leader: Gauge::default(),
+            lease_epoch: Gauge::default(),
             health: Health::default(),
             registry: Registry::default(),
         };
@@ -143,12 +149,42 @@ impl Metrics {
             "Unix time of the last reload attempt (0 before any)",
             m.last_reload.clone(),
         );
+        registry.register(
+            "leader",
+            "1 while this instance polls and delivers (on a shared store: holds the lease)",
+            m.leader.clone(),
+        );
+        registry.register(
+            "lease_epoch",
+            "The lease epoch this instance holds or last held (0: none)",
+            m.lease_epoch.clone(),
+        );
         // No reload yet: nothing was refused.
         m.reload_success.set(1);
         Metrics { registry, ..m }
     }
 
     /// A reload's outcome (`coze_watch_config_reload_success`, `..._last_reload_timestamp_seconds`).
+    /// The role on a shared store (`Some(epoch)`: leader), or `None` on SQLite (always the
+    /// one instance).
+    pub fn set_role(&self, role: Option<Option<i64>>) {
+        match role {
+            None => {
+                self.leader.set(1);
+                self.health.set_role(None);
+            }
+            Some(Some(epoch)) => {
+                self.leader.set(1);
+                self.lease_epoch.set(epoch);
+                self.health.set_role(Some("leader"));
+            }
+            Some(None) => {
+                self.leader.set(0);
+                self.health.set_role(Some("standby"));
+            }
+        }
+    }
+
     pub fn reloaded(&self, ok: bool, at: crate::wall::UnixMs) {
         self.reload_success.set(i64::from(ok));
         self.last_reload.set(at.0 / 1000);
@@ -306,6 +342,8 @@ struct HealthState {
     store: Option<String>,
     /// Discovery scopes refused by the API (a token without `listKnowledge`), with the error.
     discovery: BTreeMap<String, String>,
+    /// `leader` or `standby` on a shared store.
+    role: Option<&'static str>,
 }
 
 impl Health {
@@ -356,6 +394,23 @@ impl Health {
         self.problems()
             .map(|p| p.lines().map(str::to_string).collect())
             .unwrap_or_default()
+    }
+
+    /// A standby polls nothing: what its last term saw of the API is forgotten.
+    pub fn set_role(&self, role: Option<&'static str>) {
+        self.with(|s| {
+            if role == Some("standby") {
+                s.auth = None;
+                s.failing.clear();
+                s.polled.clear();
+                s.discovery.clear();
+            }
+            s.role = role;
+        });
+    }
+
+    pub fn role(&self) -> Option<&'static str> {
+        self.with(|s| s.role)
     }
 
     pub fn store_result(&self, error: Option<String>) {

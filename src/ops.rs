@@ -1,5 +1,7 @@
-//! The ops endpoint (`http.listen`): `GET /healthz`, `GET /metrics`, `GET /status`, and the
-//! run-time watch list `GET /v1/watch`, `POST /v1/watch`, `DELETE /v1/watch/{dataset_id}`.
+//! The ops endpoint (`http.listen`): `GET /healthz` (with the role on a shared store), `/livez`
+//! (the process answers; never asks the store), `/readyz` (the store answers), `GET /metrics`,
+//! `GET /status`, and the run-time watch list `GET /v1/watch`, `POST /v1/watch`,
+//! `DELETE /v1/watch/{dataset_id}`.
 //!
 //! It changes no state but the run-time watch list, and that only through the write routes,
 //! which exist only with `http.api_token_env`/`api_token_file` and need that bearer token
@@ -68,6 +70,8 @@ pub async fn serve(
     let listen = listener.local_addr().unwrap_or(listen);
     let app = Router::new()
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status_json))
         .route("/v1/watch", get(list_watch).post(add_watch))
@@ -85,9 +89,29 @@ pub async fn serve(
     }))
 }
 
+/// Liveness: the process answers. Never asks the store (a database outage is not a reason
+/// to restart).
+async fn livez() -> Response {
+    (StatusCode::OK, "alive\n").into_response()
+}
+
+/// Readiness: the store answers (a round trip), so `/status` and a takeover can work.
+async fn readyz(State(s): State<OpsState>) -> Response {
+    match s.store.read_long(|st| st.ping()).await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready\n{e}\n")).into_response(),
+    }
+}
+
 async fn healthz(State(s): State<OpsState>) -> Response {
+    let role = s
+        .metrics
+        .health
+        .role()
+        .map(|r| format!("role: {r}\n"))
+        .unwrap_or_default();
     match s.metrics.health.problems() {
-        None => (StatusCode::OK, "ok\n").into_response(),
+        None => (StatusCode::OK, format!("ok\n{role}")).into_response(),
         Some(reasons) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("unhealthy\n{reasons}\n"),

@@ -25,13 +25,6 @@ const EVENTS: Extras = Extras {
     ops: false,
 };
 
-/// Points `work`'s config at the database (its `state.dir` stays, unused).
-fn use_postgres(work: &Workdir, pg: &PostgresConfig) {
-    let text = std::fs::read_to_string(work.config_path()).unwrap();
-    let text = text.replacen("state:\n", &format!("state:\n  url: {}\n", pg.url), 1);
-    std::fs::write(work.config_path(), text).unwrap();
-}
-
 fn config_text(sim: &coze_watch::sim::SimHandle, rx: &Receiver, pg: &PostgresConfig) -> Workdir {
     let work = Workdir::new();
     let rest = format!(
@@ -40,7 +33,7 @@ fn config_text(sim: &coze_watch::sim::SimHandle, rx: &Receiver, pg: &PostgresCon
         watch(DS, &[A, B])
     );
     helper::engine::write_config(&work, sim, FAST_POLL, &rest);
-    use_postgres(&work, pg);
+    work.use_postgres(&pg.url, "");
     work
 }
 
@@ -146,36 +139,6 @@ async fn check_names_the_database_and_never_a_password() {
         !err.contains("hunter2") && !out.contains("hunter2"),
         "{err}"
     );
-    rx.shutdown();
-    sim.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_daemon_on_the_same_database_exits_1_naming_it() {
-    use helper::daemon::Daemon;
-    let Some(pg) = coze_watch::store::testdb::fresh_database() else {
-        return;
-    };
-    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 600, Outcome::Completed)])])).await;
-    let rx = Receiver::start(vec![]).await;
-    let first = config_text(&sim, &rx, &pg);
-    std::fs::write(first.path().join("token"), sim.token()).unwrap();
-    let second = config_text(&sim, &rx, &pg);
-    std::fs::write(second.path().join("token"), sim.token()).unwrap();
-    let mut one = Daemon::start(&first);
-    one.wait_for("watching", SECS(10)).await;
-    let mut two = Daemon::start(&second);
-    let status = two.wait_exit(SECS(10)).await;
-    assert_eq!(status.code(), Some(1));
-    let log = two.lines().join("\n");
-    assert!(log.contains("in use by another coze-watch daemon"), "{log}");
-    assert!(log.contains(pg.url.as_str()), "{log}");
-    // kill -9 ends the first one's session: the database is free again.
-    one.signal(nix::sys::signal::Signal::SIGKILL);
-    one.wait_exit(SECS(5)).await;
-    let mut again = Daemon::start(&second);
-    again.wait_for("watching", SECS(10)).await;
-    again.stop().await;
     rx.shutdown();
     sim.shutdown().await;
 }

@@ -118,9 +118,11 @@ impl Engine {
     }
 
     /// Runs until shutdown, or until `verify` finds the store unusable (returned).
+    /// Runs until `stop` (the process's shutdown, or the end of a leader's term).
     pub(super) async fn run_loop(
         &mut self,
         ctx: &mut RunContext,
+        stop: &tokio_util::sync::CancellationToken,
         changes: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
         verify: &mut tokio::task::JoinHandle<Result<(), StoreError>>,
     ) -> Option<StoreError> {
@@ -166,7 +168,7 @@ impl Engine {
             }
             tracing::trace!(next_in = ?next.map(|n| n.saturating_duration_since(Instant::now())), "run loop waiting");
             tokio::select! {
-                _ = ctx.shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 checked = &mut *verify, if !verified => {
                     verified = true;
                     match checked {

@@ -16,6 +16,7 @@ mod adopt;
 mod batches;
 mod discovery;
 mod engine;
+mod leadership;
 mod persist;
 mod reload;
 #[cfg(test)]
@@ -101,6 +102,10 @@ pub struct RunContext {
 }
 
 /// Runs the daemon until `ctx.shutdown`; returns after in-flight work had its grace period.
+///
+/// On SQLite it polls and delivers from the start. On PostgreSQL it serves the ops endpoint
+/// at once and polls and delivers only while it holds the lease (`leadership`): a standby
+/// otherwise, and a standby again when it loses the lease.
 pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError> {
     let at = Location::of(&config.state);
     let opening = at.clone();
@@ -111,7 +116,6 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
             Location::Postgres(_) => None,
         };
         let store = Store::open_at(&opening)?;
-        store.lock_instance()?;
         Ok((lock, store))
     })
     .await
@@ -121,82 +125,29 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
     })??;
     tracing::info!(store = %store.path().display(), "store open");
     let store = StoreHandle::new(store, at.clone());
-    let client = CozeClient::new(ClientSettings::from(&config.api))?;
     let metrics = Arc::new(Metrics::new());
     let watch = Arc::new(RwLock::new(config.watch.clone()));
     // The ops endpoint's run-time watch-list changes, to the run loop.
-    let (changes_tx, mut changes) = mpsc::unbounded_channel();
-    let ops = match config.http.as_ref() {
-        Some(http) => {
-            let state = OpsState {
-                clock: ctx.clock,
-                metrics: metrics.clone(),
-                store: store.clone(),
-                watch: watch.clone(),
-                writes: http.api_token.clone().map(|token| crate::ops::Writes {
-                    token,
-                    notifiers: config.notifiers.iter().map(|n| n.name.clone()).collect(),
-                    changed: changes_tx.clone(),
-                }),
-            };
-            Some(
-                crate::ops::serve(
-                    http.listen,
-                    ctx.ops_listener.take(),
-                    state,
-                    ctx.shutdown.clone(),
-                )
-                .await
-                .map_err(|source| DaemonError::Listen {
-                    listen: http.listen,
-                    source,
-                })?,
-            )
-        }
-        None => None,
-    };
-    let extra = std::mem::take(&mut ctx.extra_notifiers);
-    let (dispatcher, dispatch) = Dispatcher::new(
-        store.clone(),
-        notifiers(&config, &extra, ctx.clock),
-        metrics.clone(),
-        ctx.clock,
-    );
-    let mut engine = Engine::new(engine::Wiring {
-        config,
+    let (changes_tx, changes) = mpsc::unbounded_channel();
+    let ops = serve_ops(&config, &mut ctx, &store, &metrics, &watch, changes_tx).await?;
+    let mut shared = Shared {
+        store,
         metrics,
         watch,
-        client,
-        store: store.clone(),
-        dispatch,
-        extra,
-        clock: ctx.clock,
-    });
-    engine.sweep_removed_notifiers().await;
-    engine.start().await;
-    let dispatcher_task = tokio::spawn(dispatcher.run(ctx.shutdown.clone(), SHUTDOWN_GRACE));
-    let on_ready = std::mem::replace(&mut ctx.on_ready, Box::new(|| {}));
-    on_ready();
-    sd_notify_state(&[sd_notify::NotifyState::Ready]);
-    // Checks after READY, beside the run loop: not needed to start polling, and a damaged
-    // page still stops the daemon (exit 65) within a fraction of a second.
-    let mut verify = tokio::task::spawn_blocking(move || Store::open_read_only_at(&at)?.verify());
-    engine.prune().await;
-    tracing::info!(
-        datasets = engine.watch_list.datasets.len(),
-        documents = engine.watch_list.document_count(),
-        whole_knowledge_bases = engine.watch_list.all_of.len(),
-        spaces = engine.watch_list.spaces.len(),
-        live = engine.live_count(),
-        "watching"
-    );
-    let unusable = engine.run_loop(&mut ctx, &mut changes, &mut verify).await;
-    // Stops the dispatcher and the ops endpoint too when the loop stopped by itself.
+        changes,
+        at: at.clone(),
+    };
+    let unusable = match &at {
+        Location::Dir(_) => {
+            let stop = ctx.shutdown.clone();
+            shared.metrics.set_role(None);
+            term(config, &mut ctx, &mut shared, &stop).await?.1
+        }
+        Location::Postgres(pg) => leadership::run(config, &mut ctx, &mut shared, pg).await?,
+    };
+    // Stops the ops endpoint too when the loop stopped by itself.
     ctx.shutdown.cancel();
     sd_notify_state(&[sd_notify::NotifyState::Stopping]);
-    if let Err(e) = dispatcher_task.await {
-        tracing::error!(error = %e, "the dispatcher task failed; pending deliveries stay in the outbox");
-    }
     if let Some(ops) = ops
         && let Err(e) = ops.await
     {
@@ -208,6 +159,115 @@ pub async fn run(config: Config, mut ctx: RunContext) -> Result<(), DaemonError>
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
+}
+
+/// What outlives a leader's term: the store, the metrics, the watch list `/status` shows, and
+/// the ops endpoint's run-time changes.
+pub(super) struct Shared {
+    store: StoreHandle,
+    metrics: Arc<Metrics>,
+    watch: Arc<RwLock<Arc<crate::config::WatchList>>>,
+    changes: mpsc::UnboundedReceiver<()>,
+    at: Location,
+}
+
+/// Starts the ops endpoint when `http` is configured.
+async fn serve_ops(
+    config: &Config,
+    ctx: &mut RunContext,
+    store: &StoreHandle,
+    metrics: &Arc<Metrics>,
+    watch: &Arc<RwLock<Arc<crate::config::WatchList>>>,
+    changes: mpsc::UnboundedSender<()>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
+    let Some(http) = config.http.as_ref() else {
+        return Ok(None);
+    };
+    let state = OpsState {
+        clock: ctx.clock,
+        metrics: metrics.clone(),
+        store: store.clone(),
+        watch: watch.clone(),
+        writes: http.api_token.clone().map(|token| crate::ops::Writes {
+            token,
+            notifiers: config.notifiers.iter().map(|n| n.name.clone()).collect(),
+            changed: changes,
+        }),
+    };
+    crate::ops::serve(
+        http.listen,
+        ctx.ops_listener.take(),
+        state,
+        ctx.shutdown.clone(),
+    )
+    .await
+    .map(Some)
+    .map_err(|source| DaemonError::Listen {
+        listen: http.listen,
+        source,
+    })
+}
+
+/// Says READY once (to systemd and to the in-process caller).
+fn ready(ctx: &mut RunContext) {
+    let on_ready = std::mem::replace(&mut ctx.on_ready, Box::new(|| {}));
+    on_ready();
+    sd_notify_state(&[sd_notify::NotifyState::Ready]);
+}
+
+/// One term of polling and delivering, until `stop`: the engine and the dispatcher, built
+/// from `config`. Returns the config as it ended (reloads kept) and a store found unusable.
+async fn term(
+    config: Config,
+    ctx: &mut RunContext,
+    shared: &mut Shared,
+    stop: &CancellationToken,
+) -> Result<(Config, Option<StoreError>), DaemonError> {
+    let client = CozeClient::new(ClientSettings::from(&config.api))?;
+    let extra = std::mem::take(&mut ctx.extra_notifiers);
+    let (dispatcher, dispatch) = Dispatcher::new(
+        shared.store.clone(),
+        notifiers(&config, &extra, ctx.clock),
+        shared.metrics.clone(),
+        ctx.clock,
+    );
+    let mut engine = Engine::new(engine::Wiring {
+        config,
+        metrics: shared.metrics.clone(),
+        watch: shared.watch.clone(),
+        client,
+        store: shared.store.clone(),
+        dispatch,
+        extra,
+        clock: ctx.clock,
+    });
+    engine.sweep_removed_notifiers().await;
+    engine.start().await;
+    let dispatcher_task = tokio::spawn(dispatcher.run(stop.clone(), SHUTDOWN_GRACE));
+    ready(ctx);
+    // Checks after READY, beside the run loop: not needed to start polling, and a damaged
+    // page still stops the daemon (exit 65) within a fraction of a second.
+    let at = shared.at.clone();
+    let mut verify = tokio::task::spawn_blocking(move || Store::open_read_only_at(&at)?.verify());
+    engine.prune().await;
+    tracing::info!(
+        datasets = engine.watch_list.datasets.len(),
+        documents = engine.watch_list.document_count(),
+        whole_knowledge_bases = engine.watch_list.all_of.len(),
+        spaces = engine.watch_list.spaces.len(),
+        live = engine.live_count(),
+        "watching"
+    );
+    let unusable = engine
+        .run_loop(ctx, stop, &mut shared.changes, &mut verify)
+        .await;
+    // Stops the dispatcher too when the loop stopped by itself.
+    stop.cancel();
+    if let Err(e) = dispatcher_task.await {
+        tracing::error!(error = %e, "the dispatcher task failed; pending deliveries stay in the outbox");
+    }
+    ctx.extra_notifiers = std::mem::take(&mut engine.extra);
+    Ok((engine.config, unusable))
 }
 
 struct Policies {

@@ -57,6 +57,24 @@ pub async fn start(scenario: Scenario, addr: SocketAddr) -> std::io::Result<SimH
 }
 
 impl SimHandle {
+    /// Serves the same simulator on another loopback port whose requests are recorded with
+    /// `label` (`RequestRecord::instance`, `Stats::handovers`): one per daemon in a failover
+    /// test. Returns its base URL.
+    pub async fn serve_as(&self, label: &str) -> std::io::Result<String> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let app = server::router(self.state.clone())
+            .layer(axum::Extension(server::Label(label.to_string())));
+        let stop = self.cancel.clone();
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "simulator server failed");
+            }
+        });
+        Ok(format!("http://{addr}"))
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -49,6 +49,12 @@ pub struct Stats {
     #[serde(default)]
     pub creates: u64,
     pub by_dataset: BTreeMap<String, u64>,
+    /// Every change of the labelled client polling a dataset (see [`Handover`]).
+    #[serde(default)]
+    pub handovers: Vec<Handover>,
+    /// Per dataset: the last labelled client and when (milliseconds since the start).
+    #[serde(default)]
+    pub last_poller: BTreeMap<String, (String, u64)>,
     pub by_http_status: BTreeMap<u16, u64>,
     /// The most recent requests, oldest first (at most [`RECENT_REQUESTS`]).
     pub recent: VecDeque<RequestRecord>,
@@ -64,7 +70,29 @@ pub struct RequestRecord {
     /// The ids asked for (empty when the body was unreadable).
     pub ids: Vec<String>,
     pub http_status: u16,
+    /// The label of the listener it came in on ([`super::SimHandle::serve_as`]); empty for
+    /// the main one.
+    #[serde(default)]
+    pub instance: String,
+    /// Milliseconds since the simulator started.
+    #[serde(default)]
+    pub at_ms: u64,
 }
+
+/// A dataset's polls moving from one labelled client to another: when, and how long after
+/// the previous client's last request.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Handover {
+    pub dataset: String,
+    pub from: String,
+    pub to: String,
+    pub at_ms: u64,
+    pub gap_ms: u64,
+}
+
+/// The label of a listener started by [`super::SimHandle::serve_as`].
+#[derive(Clone, Debug)]
+pub(crate) struct Label(pub String);
 
 pub(crate) struct SimState {
     token: String,
@@ -245,10 +273,12 @@ enum Plan {
 
 async fn process(
     State(s): State<Arc<SimState>>,
+    label: Option<axum::Extension<Label>>,
     Path(dataset_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let instance = label.map(|l| l.0.0).unwrap_or_default();
     let logid = s.next_logid();
     let (latency, plan) = plan(&s);
     if !latency.is_zero() {
@@ -264,7 +294,7 @@ async fn process(
     }
     let response = answer(&s, &dataset_id, &headers, &body, plan, &logid).await;
     let ids = parse_request(&body).unwrap_or_default();
-    record(&s, &dataset_id, ids, &response);
+    record(&s, &dataset_id, ids, &response, instance);
     with_logid(response, &logid)
 }
 
@@ -534,15 +564,34 @@ fn with_logid(mut r: Response, logid: &str) -> Response {
     r
 }
 
-fn record(s: &SimState, dataset: &str, ids: Vec<String>, r: &Response) {
+fn record(s: &SimState, dataset: &str, ids: Vec<String>, r: &Response, instance: String) {
+    let at_ms = s.started.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
     let mut st = lock(&s.stats);
     if st.recent.len() == RECENT_REQUESTS {
         st.recent.pop_front();
+    }
+    if !instance.is_empty() {
+        let last = st
+            .last_poller
+            .insert(dataset.to_string(), (instance.clone(), at_ms));
+        if let Some((from, then)) = last
+            && from != instance
+        {
+            st.handovers.push(Handover {
+                dataset: dataset.to_string(),
+                from,
+                to: instance.clone(),
+                at_ms,
+                gap_ms: at_ms.saturating_sub(then),
+            });
+        }
     }
     st.recent.push_back(RequestRecord {
         dataset: dataset.to_string(),
         ids,
         http_status: r.status().as_u16(),
+        instance,
+        at_ms,
     });
     *st.by_http_status.entry(r.status().as_u16()).or_default() += 1;
     count_refusal(&mut st, r.status());

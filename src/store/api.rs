@@ -124,12 +124,11 @@ impl Store {
         matches!(self, Store::Sqlite(_))
     }
 
-    /// One daemon per store: PostgreSQL's session lock (SQLite's is the state dir's
-    /// [`super::DirLock`], taken before opening).
-    pub fn lock_instance(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(_) => Ok(()),
-            Store::Postgres(s) => s.lock_instance(),
+    /// Fences this connection's writes with a leader's epoch (PostgreSQL; SQLite has one
+    /// writer by its state-dir lock).
+    pub fn set_fence(&self, fence: Option<super::Fence>) {
+        if let Store::Postgres(s) = self {
+            s.set_fence(fence);
         }
     }
 

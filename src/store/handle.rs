@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Location, Store, StoreError};
+use super::{Fence, Location, Store, StoreError};
 
 /// How long the inline reader waits for a lock: it runs on the runtime's thread, so it gives
 /// up soon (recovery after a crash) and the caller retries, rather than stalling the runtime.
@@ -36,6 +36,8 @@ pub struct StoreHandle {
     long: Arc<Mutex<Option<Store>>>,
     path: Arc<Path>,
     at: Arc<Location>,
+    /// The leader's fence, for connections opened later too (PostgreSQL).
+    fence: Arc<Mutex<Option<Fence>>>,
 }
 
 impl StoreHandle {
@@ -60,7 +62,27 @@ impl StoreHandle {
             inline,
             long: Arc::new(Mutex::new(None)),
             at: Arc::new(at),
+            fence: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Fences every write and every delivery read of this handle's connections with a
+    /// leader's epoch (`None`: none). PostgreSQL only; SQLite ignores it.
+    pub async fn set_fence(&self, fence: Option<Fence>) {
+        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = fence.clone();
+        let (writer, long) = (self.writer.clone(), self.long.clone());
+        let _ = self
+            .blocking(move || {
+                writer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_fence(fence.clone());
+                if let Some(s) = long.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    s.set_fence(fence);
+                }
+                Ok(())
+            })
+            .await;
     }
 
     /// A short read on the calling thread (see the module doc). Only for reads that touch a
@@ -86,11 +108,16 @@ impl StoreHandle {
     ) -> Result<R, StoreError> {
         let long = self.long.clone();
         let at = self.at.clone();
+        let fence = self.fence.clone();
         self.blocking(move || {
             let mut slot = long.lock().unwrap_or_else(|p| p.into_inner());
             let store = match slot.take() {
                 Some(s) => slot.insert(s),
-                None => slot.insert(Store::open_reader(&at, LONG_BUSY)?),
+                None => {
+                    let s = Store::open_reader(&at, LONG_BUSY)?;
+                    s.set_fence(fence.lock().unwrap_or_else(|p| p.into_inner()).clone());
+                    slot.insert(s)
+                }
             };
             f(store)
         })

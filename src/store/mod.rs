@@ -39,7 +39,7 @@ pub use entries::RuntimeEntry;
 pub use handle::StoreHandle;
 pub use lock::{DirLock, daemon_pid, ensure_dir};
 pub use outbox::{Delivery, DeliveryRow, DeliveryUpdate, NewEvent, RecordedAttempt};
-pub use pg::PG_SCHEMA_VERSION;
+pub use pg::{Acquired, Fence, LeaseRow, PG_SCHEMA_VERSION, PgStore};
 
 /// The SQLite schema this build writes. Older stores are migrated; newer ones refused.
 pub const SCHEMA_VERSION: i64 = 3;
@@ -57,12 +57,12 @@ pub enum StoreError {
         "state directory {dir} is in use by another coze-watch ({holder}); one instance per state directory"
     )]
     Locked { dir: PathBuf, holder: String },
-    /// `at` is the database's URL, never with a password.
+    /// A write of a leader whose lease another instance has taken since: nothing written.
     #[error(
-        "database {} is in use by another coze-watch daemon; one daemon per database",
+        "store {}: this instance's lease (epoch {epoch}) was taken over; nothing written",
         at.display()
     )]
-    DatabaseInUse { at: PathBuf },
+    Fenced { at: PathBuf, epoch: i64 },
     #[error(
         "store {path} is corrupt or not a coze-watch database ({detail}); it was left untouched"
     )]

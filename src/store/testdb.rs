@@ -57,3 +57,17 @@ fn create() -> Option<PostgresConfig> {
         password: None,
     })
 }
+
+/// Runs `sql` on `db`'s database as the cluster's superuser (roles, terminating sessions).
+pub fn admin(db: &PostgresConfig, sql: &str) {
+    let url = db.url.to_string();
+    let sql = sql.to_string();
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls)
+            .unwrap_or_else(|e| panic!("the test cluster: {e}"));
+        c.batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}

@@ -72,6 +72,16 @@ impl Workdir {
     }
 }
 
+impl Workdir {
+    /// Points the config at a PostgreSQL database (its `state.dir` stays, unused), with
+    /// `extra` lines added under `state:` (e.g. `lease_ttl`).
+    pub fn use_postgres(&self, url: &url::Url, extra: &str) {
+        let text = std::fs::read_to_string(self.config_path()).unwrap();
+        let text = text.replacen("state:\n", &format!("state:\n  url: {url}\n{extra}"), 1);
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+}
+
 /// `watch:` with one dataset and these documents.
 pub fn watch(dataset: &str, docs: &[&str]) -> String {
     let ids: Vec<String> = docs.iter().map(|d| format!("\"{d}\"")).collect();

@@ -21,16 +21,17 @@ use super::StoreError;
 use crate::config::PostgresConfig;
 
 mod documents;
+mod lease;
 mod outbox;
 mod rest;
+
+pub use lease::{Acquired, Fence, LeaseRow};
 
 /// The PostgreSQL schema this build writes. Older ones are migrated; newer ones refused.
 pub const PG_SCHEMA_VERSION: i64 = 1;
 
 /// The advisory lock key of schema changes (any constant; "coze" in ASCII).
 const MIGRATION_LOCK: i64 = 0x636f_7a65;
-/// The advisory lock key a running daemon holds for its whole session ("cozerun").
-const INSTANCE_LOCK: i64 = 0x0063_6f7a_6572_756e;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE schema_version (version BIGINT NOT NULL);
@@ -108,6 +109,8 @@ pub struct PgStore {
     at: PathBuf,
     /// Statements prepared on this connection, by their SQL.
     prepared: RefCell<HashMap<&'static str, Statement>>,
+    /// Checked first by every write transaction (see `lease`).
+    fence: RefCell<Option<Fence>>,
 }
 
 /// A transaction on a [`PgStore`]'s connection, with its statement cache.
@@ -201,11 +204,16 @@ impl PgStore {
             config.connect_timeout(Duration::from_secs(10));
         }
         config.application_name("coze-watch");
+        // A cut connection fails within seconds instead of hanging a lease renewal.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(5));
+        config.tcp_user_timeout(Duration::from_secs(10));
         let client = config.connect(tls()?).map_err(err)?;
         Ok(PgStore {
             client: RefCell::new(Some(client)),
             at,
             prepared: RefCell::new(HashMap::new()),
+            fence: RefCell::new(None),
         })
     }
 
@@ -324,28 +332,12 @@ impl PgStore {
             prepared: &self.prepared,
             at: &self.at,
         };
+        if let Some(fence) = self.fence.borrow().as_ref() {
+            lease::check_fence(&mut t, fence)?;
+        }
         let r = f(&mut t)?;
         t.tx.commit().map_err(|e| self.err(e))?;
         Ok(r)
-    }
-
-    /// Takes the database for this daemon (a session advisory lock, held by this
-    /// connection, released by the server when the connection ends, `kill -9` included);
-    /// `DatabaseInUse` when another daemon holds it.
-    pub fn lock_instance(&self) -> Result<(), StoreError> {
-        let rows = self.query("SELECT pg_try_advisory_lock($1)", &[&INSTANCE_LOCK])?;
-        let got = rows
-            .first()
-            .map(|r| r.try_get::<_, bool>(0))
-            .transpose()
-            .map_err(|e| self.err(e))?
-            .unwrap_or(false);
-        if got {
-            return Ok(());
-        }
-        Err(StoreError::DatabaseInUse {
-            at: self.at.clone(),
-        })
     }
 
     /// A cheap round trip, for the watchdog.

@@ -105,7 +105,8 @@ impl PgStore {
         busy: &HashSet<i64>,
     ) -> Result<Vec<Delivery>, StoreError> {
         let want = (limit + busy.len()) as i64;
-        let rows = self.query(DUE_SQL, &[&now.0, &want, &notifier])?;
+        // In a transaction: with a leader's fence set, the claim checks its epoch first.
+        let rows = self.write(|tx| tx.query(DUE_SQL, &[&now.0, &want, &notifier]))?;
         let mut out = Vec::new();
         for r in &rows {
             let seq: i64 = col(self, r, 0)?;
@@ -196,11 +197,13 @@ impl PgStore {
         keep: &[String],
         now: UnixMs,
     ) -> Result<usize, StoreError> {
-        let n = self.execute(
-            "UPDATE deliveries SET status = 'dead', last_error = 'notifier removed', updated_at = $2
-             WHERE status = 'pending' AND NOT (notifier = ANY($1))",
-            &[&keep, &now.0],
-        )?;
+        let n = self.write(|tx| {
+            tx.execute(
+                "UPDATE deliveries SET status = 'dead', last_error = 'notifier removed', updated_at = $2
+                 WHERE status = 'pending' AND NOT (notifier = ANY($1))",
+                &[&keep, &now.0],
+            )
+        })?;
         Ok(n as usize)
     }
 
@@ -210,7 +213,7 @@ impl PgStore {
         let cutoff = now
             .0
             .saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
-        let n = self.execute(
+        let n = self.write(|tx| tx.execute(
             "UPDATE events SET body = NULL
              WHERE body IS NOT NULL AND created_at < $1
                AND EXISTS (SELECT 1 FROM documents d
@@ -219,7 +222,7 @@ impl PgStore {
                AND NOT EXISTS (SELECT 1 FROM deliveries x
                                WHERE x.event_seq = events.seq AND x.status = 'pending')",
             &[&cutoff],
-        )?;
+        ))?;
         Ok(n as usize)
     }
 

@@ -126,11 +126,13 @@ impl PgStore {
     }
 
     pub fn set_meta(&mut self, key: &str, value: &str, now: UnixMs) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO meta (key, value, updated_at) VALUES ($1, $2, $3)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            &[&key, &value, &now.0],
-        )
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO meta (key, value, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                &[&key, &value, &now.0],
+            )
+        })
         .map(|_| ())
     }
 }
