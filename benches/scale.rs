@@ -49,7 +49,9 @@ struct Args {
     /// Every contender runs under this many requests/s, enforced by the simulator with 429s.
     #[arg(long)]
     rps: Option<f64>,
-    /// Only these contenders (daemon, per-doc-1s, batched-5s).
+    /// Only these contenders (daemon, daemon-pg, per-doc-1s, batched-5s). `daemon-pg` is the
+    /// daemon on a PostgreSQL store: a fresh database in the cluster `$COZE_WATCH_PG_URL`
+    /// names (`.ci/pg start DIR`); it runs only when asked for.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// The discovery workload: a space of 300 knowledge bases, 2,000 documents uploaded over
@@ -306,6 +308,7 @@ fn daemon_config(
     state: &Path,
     scenario: &Scenario,
     rps: Option<f64>,
+    pg: Option<&coze_watch::config::PostgresConfig>,
 ) -> String {
     let mut s = String::new();
     s.push_str(&format!(
@@ -319,6 +322,9 @@ fn daemon_config(
         MAX_INTERVAL.as_secs()
     ));
     s.push_str(&format!("state:\n  dir: {}\n", state.display()));
+    if let Some(pg) = pg {
+        s.push_str(&format!("  url: {}\n", pg.url));
+    }
     s.push_str(&format!(
         "notifiers:\n  - name: bench\n    type: webhook\n    url: http://{hook}/hook\n    events: [document.completed, document.failed]\n    retry: {{initial: 1s, max: 5s, multiplier: 2}}\n"
     ));
@@ -414,12 +420,15 @@ async fn stop(child: &mut tokio::process::Child) {
     let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
 }
 
-async fn run_daemon(w: &Workload) -> (Result, String) {
+async fn run_daemon(
+    w: &Workload,
+    pg: Option<&coze_watch::config::PostgresConfig>,
+) -> (Result, String) {
     let (sim, scenario) = fresh_sim(w).await;
     let t = truth(&sim.truth());
     let (hook, received) = receiver().await;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let config = daemon_config(&sim, hook, &dir.path().join("state"), &scenario, w.rps);
+    let config = daemon_config(&sim, hook, &dir.path().join("state"), &scenario, w.rps, pg);
     let config_path = dir.path().join("config.yaml");
     std::fs::write(&config_path, &config).unwrap_or_else(|e| panic!("{e}"));
     let (mut child, ready_ms) = spawn_daemon(&config_path, dir.path(), sim.token()).await;
@@ -661,7 +670,7 @@ fn main() {
         let mut config = String::new();
         let mut lying: Option<(f64, u64)> = None;
         if wants("daemon") {
-            let (r, c) = run_daemon(&w).await;
+            let (r, c) = run_daemon(&w, None).await;
             println!("{}", row("daemon", &r, l, expected));
             lying = Some((pct(&r.latencies, 0.95), r.requests));
             let ms = |v: Option<f64>| v.map_or("-".to_string(), |m| format!("{m:.0} ms"));
@@ -676,7 +685,7 @@ fn main() {
             // The same workload with honest hints, in the same run: what lying hints cost.
             let mut honest = w.clone();
             honest.generator.hints = Hints::Honest;
-            let (r, _) = run_daemon(&honest).await;
+            let (r, _) = run_daemon(&honest, None).await;
             println!("{}", row("honest", &r, l, expected));
             if let Some((p95, requests)) = lying {
                 println!(
@@ -686,6 +695,12 @@ fn main() {
                     requests as f64 / r.requests.max(1) as f64
                 );
             }
+        }
+        if args.only.as_ref().is_some_and(|o| o.iter().any(|c| c == "daemon-pg")) {
+            let pg = coze_watch::store::testdb::fresh_database()
+                .unwrap_or_else(|| panic!("daemon-pg needs $COZE_WATCH_PG_URL (.ci/pg start DIR)"));
+            let (r, _) = run_daemon(&w, Some(&pg)).await;
+            println!("{}", row("daemon-pg", &r, l, expected));
         }
         if wants("batched-5s") {
             let r = run_batched(&w).await;
