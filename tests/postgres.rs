@@ -142,3 +142,89 @@ async fn check_names_the_database_and_never_a_password() {
     rx.shutdown();
     sim.shutdown().await;
 }
+
+/// `GET` of an in-process daemon's ops endpoint: (status, body).
+async fn ops_get(d: &InProcess, path: &str) -> (u16, String) {
+    let r = helper::http()
+        .get(format!("http://{}{path}", d.ops.unwrap()))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_says_so_and_takes_over_at_once_when_the_leader_stops_cleanly() {
+    let Some(pg) = coze_watch::store::testdb::fresh_database() else {
+        return;
+    };
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 3600, Outcome::Completed)])])).await;
+    let rx = Receiver::start(vec![]).await;
+    let ops = Extras {
+        events: false,
+        ops: true,
+    };
+    let node = || {
+        let work = config_text(&sim, &rx, &pg);
+        let text = std::fs::read_to_string(work.config_path())
+            .unwrap()
+            .replacen("watch:\n", "http:\n  listen: 127.0.0.1:0\nwatch:\n", 1);
+        std::fs::write(work.config_path(), text).unwrap();
+        work
+    };
+    let first = InProcess::launch(node(), &sim, ops).await;
+    first
+        .until("a leader", SECS(10), |_| sim.stats().requests > 0)
+        .await;
+    let second = InProcess::launch(node(), &sim, ops).await;
+    second.advance(SECS(10)).await;
+    let (code, body) = ops_get(&first, "/healthz").await;
+    assert_eq!((code, body.as_str()), (200, "ok\nrole: leader\n"));
+    let (code, body) = ops_get(&second, "/healthz").await;
+    assert_eq!((code, body.as_str()), (200, "ok\nrole: standby\n"));
+    assert_eq!(ops_get(&second, "/livez").await.0, 200);
+    assert_eq!(ops_get(&second, "/readyz").await.0, 200);
+    let metrics = helper::metrics_text(second.ops.unwrap()).await;
+    assert!(metrics.contains("coze_watch_leader 0"), "{metrics}");
+    let metrics = helper::metrics_text(first.ops.unwrap()).await;
+    assert!(metrics.contains("coze_watch_leader 1"), "{metrics}");
+    assert!(metrics.contains("coze_watch_lease_epoch 1"), "{metrics}");
+    // The standby reads the shared store.
+    let (code, status) = ops_get(&second, "/status").await;
+    assert_eq!(code, 200);
+    assert!(status.contains(A), "{status}");
+    // A clean stop releases the lease: the standby takes over at its next look (5 s), long
+    // before the lease's 15 s would have run out.
+    first.stop().await;
+    second.advance(SECS(6)).await;
+    let (_, body) = ops_get(&second, "/healthz").await;
+    assert_eq!(body, "ok\nrole: leader\n");
+    let metrics = helper::metrics_text(second.ops.unwrap()).await;
+    assert!(metrics.contains("coze_watch_lease_epoch 2"), "{metrics}");
+    second.stop().await;
+    rx.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_a_newer_coze_watch_exits_65() {
+    use helper::daemon::Daemon;
+    let Some(pg) = coze_watch::store::testdb::fresh_database() else {
+        return;
+    };
+    let sim = start_sim(scenario(vec![(DS, vec![doc(A, 600, Outcome::Completed)])])).await;
+    let rx = Receiver::start(vec![]).await;
+    let work = config_text(&sim, &rx, &pg);
+    std::fs::write(work.path().join("token"), sim.token()).unwrap();
+    let mut first = Daemon::start(&work);
+    first.wait_for("watching", SECS(15)).await;
+    first.stop().await;
+    coze_watch::store::testdb::admin(&pg, "UPDATE schema_version SET version = 99");
+    let mut again = Daemon::start(&work);
+    let status = again.wait_exit(SECS(15)).await;
+    assert_eq!(status.code(), Some(65));
+    let log = again.lines().join("\n");
+    assert!(log.contains("schema version 99"), "{log}");
+    rx.shutdown();
+    sim.shutdown().await;
+}

@@ -71,6 +71,9 @@ pub(super) async fn run(
         let (c, found) = term(config, ctx, shared, &stop).await?;
         config = c;
         ends.abort();
+        // The term's engine and dispatcher have stopped: what this standby writes from now on
+        // (the ops endpoint's run-time entries) is an operator's write, not a leader's.
+        shared.store.set_fence(None).await;
         if found.is_some() {
             unusable = found;
             ctx.shutdown.cancel();
