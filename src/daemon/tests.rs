@@ -184,8 +184,8 @@ async fn adopting_a_watch_list_records_new_documents_and_queues_their_dataset_no
     assert_eq!(sim.stats().requests, 0, "adopting asks the API nothing");
 }
 
-#[tokio::test(start_paused = true)]
-async fn finishing_a_poll_commits_terminal_documents_drops_them_and_aims_at_the_hint() {
+/// A watched knowledge base: A done at once, B in 40 s (an honest hint).
+async fn a_done_b_in_40s() -> (SimHandle, Dir) {
     let sim = simulator(vec![(
         DS,
         vec![
@@ -196,6 +196,12 @@ async fn finishing_a_poll_commits_terminal_documents_drops_them_and_aims_at_the_
     .await;
     let dir = Dir::new(&sim);
     dir.write(&[(DS, &[A, B])]);
+    (sim, dir)
+}
+
+#[tokio::test(start_paused = true)]
+async fn finishing_a_poll_commits_terminal_documents_drops_them_and_aims_at_the_hint() {
+    let (_sim, dir) = a_done_b_in_40s().await;
     let mut engine = dir.engine();
     engine.start().await;
     assert_eq!(
@@ -247,16 +253,7 @@ async fn a_failed_poll_keeps_the_documents_live_and_backs_off() {
 
 #[tokio::test(start_paused = true)]
 async fn a_restart_adopts_only_what_is_not_terminal_and_resumes_the_stored_schedule() {
-    let sim = simulator(vec![(
-        DS,
-        vec![
-            doc(A, 0, Outcome::Completed),
-            doc(B, 40, Outcome::Completed),
-        ],
-    )])
-    .await;
-    let dir = Dir::new(&sim);
-    dir.write(&[(DS, &[A, B])]);
+    let (_sim, dir) = a_done_b_in_40s().await;
     let mut first = dir.engine();
     first.start().await;
     poll_due(&mut first).await;
