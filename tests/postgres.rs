@@ -228,3 +228,33 @@ async fn a_database_from_a_newer_coze_watch_exits_65() {
     rx.shutdown();
     sim.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_sessions_the_server_ends_connects_again_and_goes_on() {
+    let Some(pg) = coze_watch::store::testdb::fresh_database() else {
+        return;
+    };
+    let sim = start_sim(scenario(vec![(
+        DS,
+        vec![doc(A, 1, Outcome::Completed), doc(B, 30, Outcome::Failed)],
+    )]))
+    .await;
+    let rx = Receiver::start(vec![]).await;
+    let d = InProcess::launch(config_text(&sim, &rx, &pg), &sim, EVENTS).await;
+    d.until("A delivered", SECS(20), |_| rx.requests().len() == 1)
+        .await;
+    // A server restart or an administrator: every session of this database ends at once.
+    coze_watch::store::testdb::admin(
+        &pg,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    );
+    d.until("B delivered", SECS(120), |_| rx.requests().len() == 2)
+        .await;
+    assert_eq!(d.count(EventType::Failed, B), 1);
+    d.advance(SECS(30)).await;
+    assert_eq!(rx.requests().len(), 2, "each once");
+    d.stop().await;
+    rx.shutdown();
+    sim.shutdown().await;
+}

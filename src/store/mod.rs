@@ -1,16 +1,19 @@
 //! The durable state: documents, events and deliveries (the outbox), in SQLite (WAL) in the
-//! state directory. The only module with SQL (a test checks that no other file names
-//! rusqlite).
+//! state directory, or in a PostgreSQL database (`state.url`, `pg/`) that several instances
+//! share. The only module with SQL (a test checks that no other file names a database
+//! driver).
 //!
 //! A poll's new document states, the events they fire and one pending delivery per subscribed
 //! notifier are written in one transaction, before any delivery starts (transactional outbox):
 //! a crash at any point either loses the whole poll (it is redone) or keeps all of it. The
 //! store never decides anything; it records what the tracker and the dispatcher decided.
 //!
-//! Layout: this file opens connections and sorts errors; `lock` is the state-dir lock;
+//! Layout: `api` is the one interface over both backends ([`Store`], [`Location`]); this
+//! file opens SQLite connections and sorts errors; `lock` is the state-dir lock;
 //! `schema` the versions and migrations; `documents` the document rows (their stored form is
 //! [`documents::Row`], never the tracker's type) and schedules; `outbox` events, deliveries
-//! and the operator's commands on them; `handle` the async doors the daemon uses.
+//! and the operator's commands on them; `pg` the same for PostgreSQL, with the lease and
+//! the fence; `handle` the async doors the daemon uses.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

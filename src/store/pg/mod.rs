@@ -111,6 +111,9 @@ pub struct PgStore {
     prepared: RefCell<HashMap<&'static str, Statement>>,
     /// Checked first by every write transaction (see `lease`).
     fence: RefCell<Option<Fence>>,
+    /// To connect again after the server ended the connection (a restart, a failover, a
+    /// terminated backend).
+    cfg: PostgresConfig,
 }
 
 /// A transaction on a [`PgStore`]'s connection, with its statement cache.
@@ -191,36 +194,44 @@ impl PgStore {
     }
 
     fn connect(cfg: &PostgresConfig) -> Result<PgStore, StoreError> {
-        let at = PathBuf::from(cfg.url.as_str());
-        let err = |source| StoreError::Postgres {
-            at: at.clone(),
-            source,
-        };
-        let mut config: postgres::Config = driver_url(&cfg.url).parse().map_err(err)?;
-        if let Some(p) = &cfg.password {
-            config.password(p.expose());
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
-        }
-        config.application_name("coze-watch");
-        // A cut connection fails within seconds instead of hanging a lease renewal.
-        config.keepalives(true);
-        config.keepalives_idle(Duration::from_secs(5));
-        config.tcp_user_timeout(Duration::from_secs(10));
-        let client = config.connect(tls()?).map_err(err)?;
+        let client = client(cfg)?;
         Ok(PgStore {
             client: RefCell::new(Some(client)),
-            at,
+            at: PathBuf::from(cfg.url.as_str()),
             prepared: RefCell::new(HashMap::new()),
             fence: RefCell::new(None),
+            cfg: cfg.clone(),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.at
     }
+}
 
+/// A new connection to the database of `cfg`.
+fn client(cfg: &PostgresConfig) -> Result<Client, StoreError> {
+    let at = PathBuf::from(cfg.url.as_str());
+    let err = |source| StoreError::Postgres {
+        at: at.clone(),
+        source,
+    };
+    let mut config: postgres::Config = driver_url(&cfg.url).parse().map_err(err)?;
+    if let Some(p) = &cfg.password {
+        config.password(p.expose());
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    config.application_name("coze-watch");
+    // A cut connection fails within seconds instead of hanging a lease renewal.
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(5));
+    config.tcp_user_timeout(Duration::from_secs(10));
+    config.connect(tls()?).map_err(err)
+}
+
+impl PgStore {
     pub(super) fn err(&self, source: postgres::Error) -> StoreError {
         StoreError::Postgres {
             at: self.at.clone(),
@@ -291,7 +302,16 @@ impl PgStore {
         tx.commit().map_err(e)
     }
 
+    /// The connection, opened again first when the server closed it (the call that met the
+    /// closed connection failed; this one gets a new one, with no statement prepared yet).
     fn conn(&self) -> Result<RefMut<'_, Client>, StoreError> {
+        {
+            let mut slot = self.client.borrow_mut();
+            if slot.as_ref().is_some_and(Client::is_closed) {
+                *slot = Some(client(&self.cfg)?);
+                self.prepared.borrow_mut().clear();
+            }
+        }
         RefMut::filter_map(self.client.borrow_mut(), Option::as_mut).map_err(|_| StoreError::Dir {
             dir: self.at.clone(),
             source: std::io::Error::other("the connection is closed"),
