@@ -46,6 +46,41 @@ fn malformed() -> Vec<(&'static str, String, &'static str)> {
             "unknown field `apis`",
         ),
         (
+            "a store URL of another database",
+            format!("state:\n  url: mysql://u@db/coze\n{w}"),
+            "state.url: must start with postgres:// (found mysql://)",
+        ),
+        (
+            "a password in the store URL",
+            format!("state:\n  url: postgres://u:hunter2@db/coze\n{w}"),
+            "state.url: holds a password",
+        ),
+        (
+            "a password in the store URL's query",
+            format!("state:\n  url: postgres://u@db/coze?password=hunter2\n{w}"),
+            "state.url: holds a password",
+        ),
+        (
+            "a store URL without a database",
+            format!("state:\n  url: postgres://u@db:5432/\n{w}"),
+            "state.url: names no database",
+        ),
+        (
+            "an unknown sslmode",
+            format!("state:\n  url: postgres://u@db/coze?sslmode=maybe\n{w}"),
+            "sslmode=maybe: use disable, prefer, require, verify-ca or verify-full",
+        ),
+        (
+            "a password file without a store URL",
+            format!("state:\n  password_file: /etc/pw\n{w}"),
+            "state.password_file: only with state.url",
+        ),
+        (
+            "a lease too short to renew",
+            format!("state:\n  url: postgres://u@db/coze\n  lease_ttl: 1s\n{w}"),
+            "state.lease_ttl: must be at least 3s",
+        ),
+        (
             "unknown api key",
             format!("api:\n  token: x\n{w}"),
             "unknown field `token`",

@@ -66,8 +66,11 @@ impl Engine {
                 return;
             }
         };
-        if new.state.dir != self.config.state.dir {
-            tracing::warn!("state.dir changed: takes effect after a restart");
+        if new.state.dir != self.config.state.dir
+            || new.state.postgres != self.config.state.postgres
+            || new.state.lease_ttl != self.config.state.lease_ttl
+        {
+            tracing::warn!("state changed (dir, url or lease_ttl): takes effect after a restart");
         }
         if new.http != self.config.http {
             tracing::warn!("http.listen changed: takes effect after a restart");

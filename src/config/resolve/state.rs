@@ -104,7 +104,7 @@ fn postgres_config(
         );
         return None;
     }
-    if url.password().is_some() {
+    if url.password().is_some() || url.query_pairs().any(|(k, _)| k == "password") {
         ctx.error(
             src,
             &key,
