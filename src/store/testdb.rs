@@ -11,6 +11,20 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::PostgresConfig;
 
+/// Whether this test binary is the first of this `cargo test` run (the same parent process)
+/// to skip: the line is said once per run, not once per binary.
+fn first_to_say_so() -> bool {
+    let marker = std::env::temp_dir().join(format!(
+        "coze-watch-pg-skipped.{}",
+        std::os::unix::process::parent_id()
+    ));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(marker)
+        .is_ok()
+}
+
 /// A new, empty database for one test (`None`: no cluster; the caller returns). Callable from
 /// async tests too: the driver's blocking work runs on a thread of its own.
 pub fn fresh_database() -> Option<PostgresConfig> {
@@ -31,11 +45,13 @@ fn create() -> Option<PostgresConfig> {
         );
         static SAID: Once = Once::new();
         SAID.call_once(|| {
-            // Straight to stderr: the test harness captures only `eprintln!`.
-            let _ = writeln!(
-                std::io::stderr(),
-                "PostgreSQL store tests skipped: no $COZE_WATCH_PG_URL (eval \"$(.ci/pg start /tmp/coze-pg)\" to run them)"
-            );
+            if first_to_say_so() {
+                // Straight to stderr: the test harness captures only `eprintln!`.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "PostgreSQL store tests skipped: no $COZE_WATCH_PG_URL (eval \"$(.ci/pg start /tmp/coze-pg)\" to run them)"
+                );
+            }
         });
         return None;
     };
