@@ -14,14 +14,15 @@
 
 mod helper;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use coze_watch::config::PostgresConfig;
-use coze_watch::sim::{Outcome, SimDocument, SimHandle};
+use coze_watch::sim::SimHandle;
 use helper::daemon::{Daemon, Workdir};
 use helper::receiver::Receiver;
-use helper::{doc, scenario, start_sim, wait_until};
+use helper::workload::{Workload, received_by_document, scenario_of, watch_all, workload};
+use helper::{start_sim, wait_until};
 use nix::sys::signal::Signal;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -36,53 +37,9 @@ fn lease_ttl() -> Duration {
 const MIN_INTERVAL_MS: u64 = 500;
 const POLL: &str = "  min_interval: 500ms\n  max_interval: 5s\n  error_backoff: {initial: 300ms, max: 2s, multiplier: 2}\n";
 
-/// `datasets` x `per` documents finishing over 1..=`longest` seconds, a tenth failing.
-fn workload(datasets: u64, per: u64, longest: u64) -> Vec<(String, Vec<SimDocument>)> {
-    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    (0..datasets)
-        .map(|d| {
-            let docs = (0..per)
-                .map(|i| {
-                    let id = format!("{}", 7_500_000_000_000_000_000u64 + d * per + i);
-                    let outcome = if next() % 10 == 0 {
-                        Outcome::Failed
-                    } else {
-                        Outcome::Completed
-                    };
-                    doc(&id, 1 + next() % longest, outcome)
-                })
-                .collect();
-            (format!("{}", 7_400_000_000_000_000_000u64 + d), docs)
-        })
-        .collect()
-}
-
-fn watch_all(w: &[(String, Vec<SimDocument>)]) -> String {
-    let mut out = String::from("watch:\n");
-    for (ds, docs) in w {
-        let ids: Vec<String> = docs.iter().map(|d| format!("\"{}\"", d.id)).collect();
-        out += &format!(
-            "  - dataset: \"{ds}\"\n    documents: [{}]\n",
-            ids.join(", ")
-        );
-    }
-    out
-}
-
 /// A daemon's workdir: the simulator at `base_url`, a webhook to `rx`, the store `pg` (or
 /// SQLite when `None`).
-fn workdir(
-    base_url: &str,
-    rx: &Receiver,
-    w: &[(String, Vec<SimDocument>)],
-    pg: Option<&PostgresConfig>,
-) -> Workdir {
+fn workdir(base_url: &str, rx: &Receiver, w: &Workload, pg: Option<&PostgresConfig>) -> Workdir {
     let work = Workdir::new();
     let rest = format!(
         "  - name: hook\n    type: webhook\n    url: {}\n    retry: {{initial: 500ms, max: 2s, multiplier: 2}}\n{}",
@@ -97,19 +54,6 @@ fn workdir(
         );
     }
     work
-}
-
-/// Event ids received per document.
-fn received(rx: &Receiver) -> BTreeMap<String, Vec<String>> {
-    let mut by_doc: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for r in rx.requests().iter().filter(|r| r.answered == 200) {
-        let v = r.json();
-        by_doc
-            .entry(v["data"]["document_id"].as_str().unwrap_or("").to_string())
-            .or_default()
-            .push(v["data"]["event_id"].as_str().unwrap_or("").to_string());
-    }
-    by_doc
 }
 
 const LEADER: &str = "leader: took the lease";
@@ -138,21 +82,15 @@ async fn the_leader_killed_five_times_loses_no_event_and_a_standby_takes_over() 
     let Some(pg) = coze_watch::store::testdb::fresh_database() else {
         return;
     };
-    let w = workload(10, 50, 12);
+    let w = workload(10, 50, 1, 12);
     let expected: usize = w.iter().map(|(_, d)| d.len()).sum();
     // The same workload for one daemon on SQLite, run beside it: the request baseline.
-    let solo_sim = start_sim(scenario(
-        w.iter().map(|(ds, d)| (ds.as_str(), d.clone())).collect(),
-    ))
-    .await;
+    let solo_sim = start_sim(scenario_of(&w)).await;
     let solo_rx = Receiver::start(vec![]).await;
     let solo_work = workdir(&solo_sim.base_url(), &solo_rx, &w, None);
     let mut solo = Daemon::start(&solo_work);
 
-    let sim = start_sim(scenario(
-        w.iter().map(|(ds, d)| (ds.as_str(), d.clone())).collect(),
-    ))
-    .await;
+    let sim = start_sim(scenario_of(&w)).await;
     let rx = Receiver::start(vec![]).await;
     let urls = [
         sim.serve_as("a").await.unwrap(),
@@ -195,15 +133,15 @@ async fn the_leader_killed_five_times_loses_no_event_and_a_standby_takes_over() 
     }
 
     wait_until("every terminal event", SECS(60), || {
-        received(&rx).len() >= expected
+        received_by_document(&rx).len() >= expected
     })
     .await;
     wait_until("the single daemon's events", SECS(60), || {
-        received(&solo_rx).len() >= expected
+        received_by_document(&solo_rx).len() >= expected
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let by_doc = received(&rx);
+    let by_doc = received_by_document(&rx);
     assert_eq!(by_doc.len(), expected, "every terminal event at least once");
     let mut duplicates = 0;
     for (doc, ids) in &by_doc {
@@ -272,11 +210,8 @@ async fn a_leader_cut_from_the_database_stops_polling_and_the_standby_takes_over
     let suffix = std::process::id();
     let (name_a, name_b) = (format!("cut_a_{suffix}"), format!("cut_b_{suffix}"));
     let (a_pg, b_pg) = (role(&pg, &name_a), role(&pg, &name_b));
-    let w = workload(3, 5, 600);
-    let sim: SimHandle = start_sim(scenario(
-        w.iter().map(|(ds, d)| (ds.as_str(), d.clone())).collect(),
-    ))
-    .await;
+    let w = workload(3, 5, 1, 600);
+    let sim: SimHandle = start_sim(scenario_of(&w)).await;
     let rx = Receiver::start(vec![]).await;
     let a_url = sim.serve_as("a").await.unwrap();
     let b_url = sim.serve_as("b").await.unwrap();

@@ -8,72 +8,20 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use coze_watch::sim::{Injection, Outcome, SimDocument, SimHandle};
+use coze_watch::sim::{Injection, Outcome, SimHandle};
 use coze_watch::tracker::Lifecycle;
 use helper::daemon::{Daemon, Workdir};
 use helper::receiver::Receiver;
+use helper::workload::{Workload, received_by_document, scenario_of, watch_all, workload};
 use helper::{doc, scenario, start_sim, wait_until};
 use nix::sys::signal::Signal;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-/// `n` documents per dataset, finishing between `lo` and `hi` seconds, 1 in 10 failing.
-fn workload(datasets: usize, per: usize, lo: u64, hi: u64) -> Vec<(String, Vec<SimDocument>)> {
-    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    (0..datasets)
-        .map(|d| {
-            let docs = (0..per)
-                .map(|i| {
-                    let id = format!("{}", 7_500_000_000_000_000_000u64 + (d * per + i) as u64);
-                    let secs = lo + next() % (hi - lo + 1);
-                    let outcome = if next() % 10 == 0 {
-                        Outcome::Failed
-                    } else {
-                        Outcome::Completed
-                    };
-                    doc(&id, secs, outcome)
-                })
-                .collect();
-            (format!("{}", 7_400_000_000_000_000_000u64 + d as u64), docs)
-        })
-        .collect()
-}
-
-fn watch_all(w: &[(String, Vec<SimDocument>)]) -> String {
-    let mut s = String::from("watch:\n");
-    for (ds, docs) in w {
-        let ids: Vec<String> = docs.iter().map(|d| format!("\"{}\"", d.id)).collect();
-        s.push_str(&format!(
-            "  - dataset: \"{ds}\"\n    documents: [{}]\n",
-            ids.join(", ")
-        ));
-    }
-    s
-}
-
 fn hook(url: &str) -> String {
     format!(
         "  - name: hook\n    type: webhook\n    url: {url}\n    events: [document.completed, document.failed]\n    retry: {{initial: 1s, max: 2s, multiplier: 2}}\n"
     )
-}
-
-/// Each document's event ids as the receiver saw them.
-fn received_by_document(rx: &Receiver) -> BTreeMap<String, Vec<String>> {
-    let mut by_doc: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for r in rx.requests() {
-        let v = r.json();
-        by_doc
-            .entry(v["data"]["document_id"].as_str().unwrap().to_string())
-            .or_default()
-            .push(v["data"]["event_id"].as_str().unwrap().to_string());
-    }
-    by_doc
 }
 
 /// Waits until every one of the `expected` documents' events arrived, lets redeliveries (if
@@ -91,13 +39,8 @@ async fn all_received(rx: &Receiver, expected: usize, what: &str) -> BTreeMap<St
 
 /// The simulator serving `w`, a webhook receiver, and a config watching all of `w` that
 /// notifies the receiver.
-async fn serve_workload(w: &[(String, Vec<SimDocument>)]) -> (SimHandle, Receiver, Workdir) {
-    let sim = start_sim(scenario(
-        w.iter()
-            .map(|(d, docs)| (d.as_str(), docs.clone()))
-            .collect(),
-    ))
-    .await;
+async fn serve_workload(w: &Workload) -> (SimHandle, Receiver, Workdir) {
+    let sim = start_sim(scenario_of(w)).await;
     let rx = Receiver::start(vec![]).await;
     let work = Workdir::new();
     work.write_config(

@@ -33,14 +33,6 @@ impl Location {
             None => Location::Dir(state.dir.clone()),
         }
     }
-
-    /// What messages call it: the directory, or the URL (never with a password).
-    pub fn display(&self) -> String {
-        match self {
-            Location::Dir(d) => d.display().to_string(),
-            Location::Postgres(pg) => pg.url.to_string(),
-        }
-    }
 }
 
 /// One connection to the store.

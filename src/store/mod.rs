@@ -42,7 +42,7 @@ pub use entries::RuntimeEntry;
 pub use handle::StoreHandle;
 pub use lock::{DirLock, daemon_pid, ensure_dir};
 pub use outbox::{Delivery, DeliveryRow, DeliveryUpdate, NewEvent, RecordedAttempt};
-pub use pg::{Acquired, Fence, LeaseRow, PG_SCHEMA_VERSION, PgStore};
+pub use pg::{Acquired, Fence, PgStore};
 
 /// The SQLite schema this build writes. Older stores are migrated; newer ones refused.
 pub const SCHEMA_VERSION: i64 = 3;

@@ -75,6 +75,7 @@ pub async fn get_json(url: String) -> serde_json::Value {
 pub mod daemon;
 pub mod engine;
 pub mod receiver;
+pub mod workload;
 
 /// `GET /metrics` of a daemon's ops endpoint (no `Accept`: the classic text format).
 pub async fn metrics_text(listen: SocketAddr) -> String {

@@ -29,7 +29,7 @@ pub enum Acquired {
     },
 }
 
-/// The lease as stored, for `status`.
+/// The lease as stored: who holds it, and for how long still.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseRow {
     pub holder: String,

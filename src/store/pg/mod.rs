@@ -25,7 +25,7 @@ mod lease;
 mod outbox;
 mod rest;
 
-pub use lease::{Acquired, Fence, LeaseRow};
+pub use lease::{Acquired, Fence};
 
 /// The PostgreSQL schema this build writes. Older ones are migrated; newer ones refused.
 pub const PG_SCHEMA_VERSION: i64 = 1;
